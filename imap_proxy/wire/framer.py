@@ -1,0 +1,206 @@
+"""Framing: split one direction of an IMAP byte stream into lines and literal data.
+
+How this works: IMAP messages (commands and responses alike) are lines ending in CRLF,
+except that a line may end with a literal announcement (`{n}`, `{n+}`, `{n-}`, `~{n}`);
+then exactly n octets of literal data follow and the message continues with another line.
+The framer knows nothing else of the grammar. It is fed bytes with `feed()` and yields
+events from `next_event()`:
+
+* `LinePart(raw, literal)` - one line, with its original terminator. `literal` is the
+  announcement at its end, or None when this line ends the message.
+* `LiteralData(data, remaining)` - a chunk of literal octets, streamed as it arrives and
+  never buffered whole; `remaining` is how many octets of this literal are still to come.
+* `NEED_DATA` - nothing more can be framed until more bytes are fed.
+
+The consumer pulls events at its own pace, so it can stop pulling (for backpressure, or
+while a synchronizing literal waits for the peer's `+`) and the bytes stay buffered here.
+`cancel_literal()` forgets a synchronizing literal the server refused before any of it
+was sent; `discard_buffered()` drops what is buffered (plaintext pipelined after STARTTLS).
+Limits (line length, literal size) raise `LimitExceeded`, with the side that broke them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from imap_proxy.wire.errors import LimitExceeded, ProtocolError, Side
+
+# `~{123+}` at the very end of a line, before CRLF (or a bare LF, which some clients send).
+_ANNOUNCEMENT = re.compile(rb"(~?)\{([0-9]+)([+-]?)\}\r?\n\Z")
+_MAX_DIGITS: Final = 20
+
+
+@dataclass(frozen=True, slots=True)
+class FrameLimits:
+    """Hard limits for one direction; exceeding one is a protocol error, not a crash."""
+
+    max_line_length: int = 64 * 1024
+    max_literal_size: int = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class LiteralHeader:
+    """A literal announcement at the end of a line.
+
+    `marker` is b"" for a synchronizing literal, b"+" (LITERAL+) or b"-" (LITERAL-) for a
+    non-synchronizing one. `start` is the offset in the line where the announcement
+    begins (the `~` or `{`), so it can be rewritten without reparsing the line.
+    """
+
+    size: int
+    marker: bytes
+    binary: bool
+    start: int
+
+    @property
+    def synchronizing(self) -> bool:
+        return self.marker == b""
+
+
+@dataclass(frozen=True, slots=True)
+class LinePart:
+    """One line as received, terminator included; `literal` is None on a message's last line."""
+
+    raw: bytes
+    literal: LiteralHeader | None
+
+    @property
+    def ends_message(self) -> bool:
+        return self.literal is None
+
+
+@dataclass(frozen=True, slots=True)
+class LiteralData:
+    """A chunk of literal octets; `remaining` counts what is still to come after it."""
+
+    data: bytes
+    remaining: int
+
+
+class _NeedData:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = _NeedData()
+
+FrameEvent = LinePart | LiteralData | _NeedData
+
+
+def parse_announcement(line: bytes, side: Side, limits: FrameLimits) -> LiteralHeader | None:
+    """The literal announced at the end of `line` (terminator included), if any."""
+    if not line.endswith(b"}\r\n") and not line.endswith(b"}\n"):
+        return None
+    found = _ANNOUNCEMENT.search(line)
+    if found is None:
+        return None
+    digits = found.group(2)
+    if len(digits) > _MAX_DIGITS or int(digits) > limits.max_literal_size:
+        raise LimitExceeded(
+            side,
+            "literal_size",
+            f"literal of {digits[:_MAX_DIGITS].decode()} octets exceeds the limit of "
+            f"{limits.max_literal_size}",
+        )
+    return LiteralHeader(
+        size=int(digits),
+        marker=found.group(3),
+        binary=found.group(1) == b"~",
+        start=found.start(),
+    )
+
+
+class Framer:
+    """Frames one direction of a connection; see the module docstring."""
+
+    def __init__(self, side: Side, limits: FrameLimits | None = None) -> None:
+        self.side = side
+        self.limits = limits or FrameLimits()
+        self._buffer = bytearray()
+        self._scanned = 0  # bytes of _buffer already known to hold no LF
+        self._literal_remaining = 0
+        self._literal_started = False
+        self._broken: ProtocolError | None = None
+
+    @property
+    def in_literal(self) -> bool:
+        """True while the octets of an announced literal are expected."""
+        return self._literal_remaining > 0
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def cancel_literal(self) -> None:
+        """Forget an announced synchronizing literal the peer will now never send."""
+        if self._literal_started:
+            raise ProtocolError(self.side, "cannot cancel a literal that has begun")
+        self._literal_remaining = 0
+
+    def discard_buffered(self) -> int:
+        """Drop every buffered byte (and any literal state); return how many were dropped."""
+        dropped = len(self._buffer)
+        self._buffer.clear()
+        self._scanned = 0
+        self._literal_remaining = 0
+        self._literal_started = False
+        return dropped
+
+    def next_event(self) -> FrameEvent:
+        if self._broken is not None:
+            raise self._broken
+        if self._literal_remaining:
+            return self._next_literal_chunk()
+        return self._next_line()
+
+    def _next_literal_chunk(self) -> FrameEvent:
+        if not self._buffer:
+            return NEED_DATA
+        take = min(self._literal_remaining, len(self._buffer))
+        if take == len(self._buffer):
+            data = bytes(self._buffer)
+            self._buffer.clear()
+        else:
+            data = bytes(self._buffer[:take])
+            del self._buffer[:take]
+        self._literal_remaining -= take
+        self._literal_started = self._literal_remaining > 0
+        return LiteralData(data, self._literal_remaining)
+
+    def _next_line(self) -> FrameEvent:
+        end = self._buffer.find(b"\n", self._scanned)
+        if end < 0:
+            self._scanned = len(self._buffer)
+            if self._scanned > self.limits.max_line_length:
+                self._broken = LimitExceeded(
+                    self.side,
+                    "line_length",
+                    f"line longer than {self.limits.max_line_length} octets",
+                )
+                raise self._broken
+            return NEED_DATA
+        end += 1
+        if end > self.limits.max_line_length + 2:
+            self._broken = LimitExceeded(
+                self.side, "line_length", f"line longer than {self.limits.max_line_length} octets"
+            )
+            raise self._broken
+        raw = bytes(self._buffer[:end])
+        del self._buffer[:end]
+        self._scanned = 0
+        try:
+            literal = parse_announcement(raw, self.side, self.limits)
+        except ProtocolError as error:
+            self._broken = error
+            raise
+        if literal is not None and literal.size:
+            self._literal_remaining = literal.size
+            self._literal_started = False
+        return LinePart(raw, literal)
