@@ -1,0 +1,106 @@
+"""The capability contract: what clients are told the server can do.
+
+How this works: clients see (upstream AND what the proxy can relay) OR (what it emulates).
+`client_capabilities()` computes that list from the upstream's; `rewrite_capability_line()`
+puts it into any line that carries capabilities - a greeting or tagged status with a
+`[CAPABILITY …]` code, or `* CAPABILITY` data - touching nothing else in the line, so the
+greeting text and response text reach the client byte for byte. Always IMAP4rev1; never
+IMAP4rev2 (not every rev2 feature is backed); COMPRESS=* and SCRAM-*-PLUS are dropped (a
+proxy that parses cannot relay a compressed stream, and channel binding cannot cross a
+TLS-terminating proxy); STARTTLS only where the client listener can do it; LITERAL+ and ID
+are always offered because the proxy implements both whatever the upstream has.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+_CODE = re.compile(rb"\[CAPABILITY( [^\]\r\n]*)?\]", re.IGNORECASE)
+_DATA = re.compile(rb"^\* CAPABILITY(?: ([^\r\n]*))?(\r?\n)\Z", re.IGNORECASE)
+
+# Handled by the proxy itself; the upstream's word on these never reaches the client.
+_PROXY_OWNED = frozenset({"IMAP4REV1", "IMAP4REV2", "STARTTLS", "LOGINDISABLED", "LITERAL+",
+                          "LITERAL-", "ID"})
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTransport:
+    """What the client's connection can do right now."""
+
+    tls_active: bool
+    starttls_available: bool
+    require_tls: bool
+
+    @property
+    def login_disabled(self) -> bool:
+        return self.require_tls and not self.tls_active
+
+
+def _relayable(capability: str) -> bool:
+    upper = capability.upper()
+    if upper in _PROXY_OWNED or upper.startswith("COMPRESS="):
+        return False
+    return not (upper.startswith("AUTH=SCRAM-") and upper.endswith("-PLUS"))
+
+
+def client_capabilities(upstream: Iterable[str], transport: ClientTransport) -> list[str]:
+    """The capability list the client sees, in the upstream's order where it has one."""
+    upstream = list(upstream)
+    upstream_upper = {cap.upper() for cap in upstream}
+    caps = ["IMAP4rev1"]
+    if transport.starttls_available and not transport.tls_active:
+        caps.append("STARTTLS")
+    for cap in upstream:
+        if not _relayable(cap):
+            continue
+        if transport.login_disabled and cap.upper().startswith("AUTH="):
+            continue
+        caps.append(cap)
+    if transport.login_disabled or "LOGINDISABLED" in upstream_upper:
+        caps.append("LOGINDISABLED")
+    caps += ["LITERAL+", "ID"]
+    return caps
+
+
+def split_capabilities(text: bytes) -> list[str]:
+    return text.decode("ascii", "replace").split()
+
+
+def capabilities_in_line(line: bytes) -> list[str] | None:
+    """The capabilities a response line announces, or None when it announces none."""
+    data = _DATA.match(line)
+    if data is not None:
+        return split_capabilities(data.group(1) or b"")
+    code = _CODE.search(line)
+    if code is not None and _is_status_line(line, code.start()):
+        return split_capabilities(code.group(1) or b"")
+    return None
+
+
+def rewrite_capability_line(line: bytes, caps: Sequence[str]) -> bytes:
+    """`line` with its capability list replaced by `caps`; other bytes unchanged."""
+    listed = " ".join(caps).encode("ascii")
+    data = _DATA.match(line)
+    if data is not None:
+        return b"* CAPABILITY " + listed + data.group(2)
+    code = _CODE.search(line)
+    if code is None or not _is_status_line(line, code.start()):
+        return line
+    return line[: code.start()] + b"[CAPABILITY " + listed + b"]" + line[code.end() :]
+
+
+def _is_status_line(line: bytes, code_start: int) -> bool:
+    """The code stands right after `TAG STATUS ` (so text mentioning it is left alone)."""
+    words = line[:code_start].split(b" ")
+    return (
+        len(words) == 3
+        and words[2] == b""
+        and words[1].upper() in (b"OK", b"NO", b"BAD", b"PREAUTH", b"BYE")
+    )
+
+
+def has_capability(caps: Iterable[str], name: str) -> bool:
+    wanted = name.upper()
+    return any(cap.upper() == wanted for cap in caps)

@@ -1,0 +1,798 @@
+"""ProxySession: one client connection and its upstream connection, sans-IO.
+
+How this works: the I/O layer feeds bytes in and carries out the events that come back:
+
+    session = ProxySession(settings)
+    events = session.receive_from_upstream(data)     # bytes read from the upstream
+    events = session.receive_from_client(data)       # bytes read from the client
+    events = session.client_tls_established()        # after a StartClientTLS handshake
+    events = session.upstream_tls_established()      # after a StartUpstreamTLS handshake
+    events = session.client_closed() / upstream_closed()
+    events = session.shutdown()                      # drain: BYE as soon as nothing is in flight
+    events = session.timed_out()                     # the pre-auth or idle timer fired
+    session.client_paused / session.upstream_paused  # do not read that side while True
+
+Each direction has a framer. Client messages are forwarded as their original bytes, line
+by line and literal chunk by literal chunk, as they arrive (STREAM); a few commands the
+proxy must rewrite or answer are held until complete (HOLD), and refused ones are dropped
+(DISCARD). Upstream responses stream the same way; only lines carrying capabilities are
+rewritten. Output the proxy makes itself is never put in the middle of a message being
+relayed: it waits for the message's end.
+
+Before the client is greeted the session talks to the upstream alone: optional STARTTLS,
+then a CAPABILITY probe when the greeting did not list capabilities, so the capability
+contract (`capabilities.py`) can be applied to the very first line the client reads.
+
+A command waiting for the upstream's `+` (a synchronizing literal, AUTHENTICATE, IDLE)
+pauses reading from the client until the `+` (or the tagged answer) arrives; this is what
+lets a client's LITERAL+ literal be converted to a synchronizing one for an upstream
+without LITERAL+, and a refused literal be dropped rather than taken for commands.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from imap_proxy.session import events as ev
+from imap_proxy.session.capabilities import (
+    ClientTransport,
+    capabilities_in_line,
+    client_capabilities,
+    has_capability,
+    rewrite_capability_line,
+)
+from imap_proxy.session.idcommand import id_reply, rewrite_id_command
+from imap_proxy.session.settings import SessionSettings
+from imap_proxy.session.state import AUTH_COMMANDS, ProtocolState, next_state
+from imap_proxy.session.tracker import CommandTracker, InFlight
+from imap_proxy.wire.command import parse_command, peek_command
+from imap_proxy.wire.errors import ProtocolError, Side
+from imap_proxy.wire.framer import NEED_DATA, FrameEvent, Framer, LinePart, LiteralData
+from imap_proxy.wire.message import Message
+from imap_proxy.wire.syntax import astring_bytes
+
+
+class _Phase(enum.Enum):
+    GREETING = "greeting"  # waiting for the upstream's greeting
+    UPSTREAM_STARTTLS = "upstream-starttls"  # our STARTTLS is in flight
+    UPSTREAM_TLS = "upstream-tls"  # the I/O layer is shaking hands upstream
+    PROBING = "probing"  # our CAPABILITY is in flight
+    RELAYING = "relaying"
+    CLIENT_TLS = "client-tls"  # the I/O layer is shaking hands with the client
+    CLOSED = "closed"
+
+
+class _Await(enum.Enum):
+    """What the upstream's next continuation request (`+`) is for."""
+
+    NOTHING = "nothing"
+    CLIENT_LITERAL = "client-literal"  # relay it; the client then sends its literal
+    CONVERTED_LITERAL = "converted-literal"  # swallow it; the client's LITERAL+ data follows
+    PROXY_LITERAL = "proxy-literal"  # swallow it; send the next part of our own message
+    SASL = "sasl"  # relay it; the client answers with one line
+    IDLE = "idle"  # relay it; the client ends IDLE with DONE
+
+
+class _Mode(enum.Enum):
+    STREAM = "stream"
+    HOLD = "hold"
+    DISCARD = "discard"
+
+
+class _Role(enum.Enum):
+    """What the next line from the client, outside any message, is."""
+
+    COMMAND = "command"
+    SASL_RESPONSE = "sasl-response"
+    IDLE_DONE = "idle-done"
+
+
+@dataclass(slots=True)
+class _ClientMessage:
+    tag: bytes
+    name: str
+    mode: _Mode
+    capture: bool = False
+    lines: list[bytes] = field(default_factory=list)
+    literals: list[bytes | None] = field(default_factory=list)
+    literal: bytearray | None = None
+
+    def message(self) -> Message:
+        return Message(tuple(self.lines), tuple(self.literals))
+
+
+_Completion = Callable[[bytes, list[bytes]], None]
+_BAD_STARTTLS_NOT_OFFERED = b"BAD STARTTLS is not available on this connection"
+_PRIVACY_REQUIRED = b"NO [PRIVACYREQUIRED] Log in only over TLS: use STARTTLS or the TLS port"
+
+
+class ProxySession:
+    def __init__(self, settings: SessionSettings) -> None:
+        self.settings = settings
+        self.state = ProtocolState.NOT_AUTHENTICATED
+        self.upstream_capabilities: list[str] = []
+        self.user: str | None = None
+        self._client = Framer(Side.CLIENT, settings.client_limits)
+        self._upstream = Framer(Side.UPSTREAM, settings.upstream_limits)
+        self._tracker = CommandTracker()
+        self._phase = _Phase.GREETING
+        self._client_tls = settings.client_tls
+        self._greeting: bytes = b""
+        self._out: list[ev.Event] = []
+        # client -> upstream
+        self._msg: _ClientMessage | None = None
+        self._role = _Role.COMMAND
+        self._await = _Await.NOTHING
+        self._await_tag: bytes | None = None
+        self._upstream_open = False  # a client message is partly sent upstream
+        self._deferred_upstream: list[bytes] = []
+        self._proxy_parts: list[bytes] = []  # the rest of our own message, after a `+`
+        self._sasl_mechanism = ""
+        # upstream -> client
+        self._client_open = False  # an upstream message is partly relayed to the client
+        self._up_continues = False  # the current upstream message goes on after a literal
+        self._relaying_response = True  # the current upstream message goes to the client
+        self._deferred_client: list[bytes] = []
+        self._draining = False
+        self._upstream_bye = False
+
+    # ----------------------------------------------------------------- properties
+
+    @property
+    def client_paused(self) -> bool:
+        return (
+            self._phase is not _Phase.RELAYING
+            or self._await is not _Await.NOTHING
+            or (self._draining and self._msg is None)
+        )
+
+    @property
+    def upstream_paused(self) -> bool:
+        return self._phase in (_Phase.UPSTREAM_TLS, _Phase.CLIENT_TLS, _Phase.CLOSED)
+
+    @property
+    def closed(self) -> bool:
+        return self._phase is _Phase.CLOSED
+
+    @property
+    def idle_deadline_kind(self) -> str | None:
+        if self._phase is _Phase.CLOSED:
+            return None
+        if self.state is ProtocolState.NOT_AUTHENTICATED:
+            return "preauth"
+        return "idling" if self._role is _Role.IDLE_DONE else "idle"
+
+    @property
+    def client_tls(self) -> bool:
+        return self._client_tls
+
+    def client_capabilities(self) -> list[str]:
+        transport = ClientTransport(
+            tls_active=self._client_tls,
+            # RFC 3501 §6.2.1: STARTTLS is for the not-authenticated state only.
+            starttls_available=self.settings.starttls_available
+            and self.state is ProtocolState.NOT_AUTHENTICATED,
+            require_tls=self.settings.require_tls,
+        )
+        return client_capabilities(self.upstream_capabilities, transport)
+
+    # ------------------------------------------------------------------ inputs
+
+    def receive_from_client(self, data: bytes) -> list[ev.Event]:
+        if self._phase is _Phase.CLIENT_TLS:
+            # Plaintext after STARTTLS, before the handshake: never a command.
+            if data:
+                self._out.append(ev.PlaintextDiscarded(len(data)))
+        elif self._phase is not _Phase.CLOSED:
+            self._client.feed(data)
+            self._pump()
+        return self._take()
+
+    def receive_from_upstream(self, data: bytes) -> list[ev.Event]:
+        if self._phase is not _Phase.CLOSED:
+            self._upstream.feed(data)
+            self._pump()
+        return self._take()
+
+    def client_tls_established(self) -> list[ev.Event]:
+        if self._phase is _Phase.CLIENT_TLS:
+            self._client_tls = True
+            self._phase = _Phase.RELAYING
+            self._pump()
+        return self._take()
+
+    def upstream_tls_established(self) -> list[ev.Event]:
+        if self._phase is _Phase.UPSTREAM_TLS:
+            # RFC 3501 §6.2.1: capabilities learnt before TLS are void.
+            self._probe_capabilities()
+            self._pump()
+        return self._take()
+
+    def client_closed(self) -> list[ev.Event]:
+        self._close("client-closed")
+        return self._take()
+
+    def upstream_closed(self) -> list[ev.Event]:
+        if self._phase is not _Phase.CLOSED:
+            if self._upstream_bye or self.state is ProtocolState.LOGOUT:
+                self._close("logout")
+            else:
+                self._bye(b"[UNAVAILABLE] Upstream server closed the connection", "upstream-lost")
+        return self._take()
+
+    def shutdown(self) -> list[ev.Event]:
+        self._draining = True
+        if self._phase is not _Phase.RELAYING:
+            self._bye(b"[UNAVAILABLE] Server shutting down", "shutdown")
+        else:
+            self._drain_if_quiet()
+        return self._take()
+
+    def timed_out(self) -> list[ev.Event]:
+        self._bye(b"Autologout; idle for too long", "timeout")
+        return self._take()
+
+    # ---------------------------------------------------------------- plumbing
+
+    def _take(self) -> list[ev.Event]:
+        out, self._out = self._out, []
+        return out
+
+    def _pump(self) -> None:
+        """Frame and handle whatever both sides have sent, as far as the state allows."""
+        progress = True
+        while progress and self._phase is not _Phase.CLOSED:
+            progress = False
+            if not self.upstream_paused:
+                progress |= self._pump_side(self._upstream, self._upstream_event)
+            if not self.client_paused and not self.closed:
+                progress |= self._pump_side(self._client, self._client_event)
+
+    def _pump_side(self, framer: Framer, handle: Callable[[FrameEvent], None]) -> bool:
+        handled = False
+        paused = self.upstream_paused if framer is self._upstream else self.client_paused
+        while not paused and self._phase is not _Phase.CLOSED:
+            try:
+                event = framer.next_event()
+            except ProtocolError as error:
+                self._violation(error)
+                return True
+            if event is NEED_DATA:
+                break
+            handle(event)
+            handled = True
+            paused = self.upstream_paused if framer is self._upstream else self.client_paused
+        return handled
+
+    def _violation(self, error: ProtocolError) -> None:
+        limit = getattr(error, "limit", None)
+        self._out.append(ev.ProtocolViolation(error.side, error.text, limit))
+        if error.side is Side.CLIENT:
+            self._bye(error.text.encode("ascii", "replace"), "client-protocol-error")
+        else:
+            self._bye(b"[UNAVAILABLE] Upstream server protocol error", "upstream-protocol-error")
+
+    def _bye(self, text: bytes, reason: str) -> None:
+        if self._phase is _Phase.CLOSED:
+            return
+        if not self._client_open:
+            self._out.append(ev.SendToClient(b"* BYE " + text + b"\r\n"))
+        # Mid-message the BYE cannot be framed: the client sees the connection end.
+        self._close(reason)
+
+    def _close(self, reason: str) -> None:
+        if self._phase is not _Phase.CLOSED:
+            self._phase = _Phase.CLOSED
+            self._out.append(ev.Close(reason))
+
+    def _to_client(self, data: bytes) -> None:
+        """Output the proxy makes itself: never inside a relayed message."""
+        if self._client_open:
+            self._deferred_client.append(data)
+        else:
+            self._out.append(ev.SendToClient(data))
+
+    def _to_upstream(self, data: bytes) -> None:
+        if self._upstream_open:
+            self._deferred_upstream.append(data)
+        else:
+            self._out.append(ev.SendToUpstream(data))
+
+    # ------------------------------------------------------- upstream → client
+
+    def _upstream_event(self, event: FrameEvent) -> None:
+        if isinstance(event, LiteralData):
+            if self._relaying_response:
+                self._out.append(ev.SendToClient(event.data))
+            return
+        assert isinstance(event, LinePart)
+        if self._up_continues:
+            self._upstream_continuation_line(event)
+            return
+        self._up_continues = event.literal is not None
+        self._relaying_response = True
+        if self._phase is _Phase.RELAYING:
+            self._relay_response(event)
+        else:
+            self._pre_greeting_response(event)
+
+    def _upstream_continuation_line(self, part: LinePart) -> None:
+        """A line that follows a literal inside one upstream message."""
+        if self._relaying_response:
+            self._out.append(ev.SendToClient(part.raw))
+        if part.literal is None:
+            self._up_continues = False
+            self._end_client_message()
+
+    def _end_client_message(self) -> None:
+        self._client_open = False
+        self._relaying_response = True
+        if self._deferred_client:
+            self._out.append(ev.SendToClient(b"".join(self._deferred_client)))
+            self._deferred_client.clear()
+
+    def _relay_response(self, part: LinePart) -> None:
+        line = part.raw
+        if line.startswith(b"+"):
+            self._continuation(line)
+            return
+        if line.startswith(b"* "):
+            self._untagged(part)
+            return
+        tag, _, rest = line.partition(b" ")
+        status = rest.split(b" ", 1)[0].rstrip(b"\r\n").upper().decode("ascii", "replace")
+        command = self._tracker.get(tag)
+        if command is None:
+            self._relay_line(part)  # not ours to understand: pass it on unchanged
+            return
+        self._tagged(command, part, status)
+
+    def _relay_line(self, part: LinePart, line: bytes | None = None) -> None:
+        self._out.append(ev.SendToClient(part.raw if line is None else line))
+        if part.literal is not None:
+            self._client_open = True
+        else:
+            self._end_client_message()
+
+    def _untagged(self, part: LinePart) -> None:
+        line = part.raw
+        if self._tracker.has_injected and self._tracker.client_commands() == 0:
+            injected = self._tracker.injected()
+            # Only our own commands are in flight: their untagged data is theirs.
+            if part.literal is None:
+                injected[0].untagged.append(line)
+            else:
+                self._relaying_response = False
+            return
+        if line[2:6].upper() == b"BYE ":
+            self._upstream_bye = True
+        if part.literal is None:
+            caps = capabilities_in_line(line)
+            if caps is not None:
+                self.upstream_capabilities = caps
+                line = rewrite_capability_line(line, self.client_capabilities())
+        self._relay_line(part, line)
+
+    def _continuation(self, line: bytes) -> None:
+        awaited, self._await = self._await, _Await.NOTHING
+        if awaited is _Await.CONVERTED_LITERAL:
+            return
+        if awaited is _Await.PROXY_LITERAL:
+            self._send_proxy_parts()
+            return
+        if awaited is _Await.SASL:
+            self._role = _Role.SASL_RESPONSE
+        elif awaited is _Await.IDLE:
+            self._role = _Role.IDLE_DONE
+        self._out.append(ev.SendToClient(line))
+
+    def _tagged(self, command: InFlight, part: LinePart, status: str) -> None:
+        self._tracker.complete(command.tag)
+        if self._await_tag == command.tag and self._await is not _Await.NOTHING:
+            self._command_ended_early()
+        if command.tag == self._await_tag and self._role is not _Role.COMMAND:
+            self._role = _Role.COMMAND
+        if command.on_complete is not None:
+            self._relaying_response = False
+            command.on_complete(part.raw, command.untagged)
+            return
+        # The state moves first: a LOGIN's [CAPABILITY] code lists post-login capabilities.
+        before = self.state
+        self.state = next_state(before, command.name, status)
+        line = part.raw
+        if part.literal is None:
+            caps = capabilities_in_line(line)
+            if caps is not None:
+                self.upstream_capabilities = caps
+                line = rewrite_capability_line(line, self.client_capabilities())
+        self._relay_line(part, line)
+        self._out.append(ev.CommandCompleted(command.tag.decode("ascii", "replace"),
+                                             command.name, status))
+        if command.name in AUTH_COMMANDS and before is ProtocolState.NOT_AUTHENTICATED:
+            if self.state is ProtocolState.AUTHENTICATED:
+                mechanism = "LOGIN" if command.name == "LOGIN" else self._sasl_mechanism
+                self._out.append(ev.Authenticated(self.user, mechanism))
+            else:
+                self.user = None
+        self._drain_if_quiet()
+
+    def _command_ended_early(self) -> None:
+        """The upstream answered a command that was still waiting for its `+`."""
+        awaited, self._await = self._await, _Await.NOTHING
+        if awaited is _Await.CLIENT_LITERAL:
+            # The client never got `+`, so it will not send the literal.
+            self._client.cancel_literal()
+            self._msg = None
+            self._upstream_open = False
+            self._flush_deferred_upstream()
+        elif awaited is _Await.CONVERTED_LITERAL and self._msg is not None:
+            # The client sent (or is sending) its LITERAL+ data: drop the rest of it.
+            self._msg.mode = _Mode.DISCARD
+            self._upstream_open = False
+            self._flush_deferred_upstream()
+        elif awaited is _Await.PROXY_LITERAL:
+            self._proxy_parts.clear()
+
+    def _drain_if_quiet(self) -> None:
+        if self._draining and len(self._tracker) == 0 and self._msg is None:
+            self._bye(b"[UNAVAILABLE] Server shutting down", "shutdown")
+
+    # ----------------------------------------------------- before the greeting
+
+    def _pre_greeting_response(self, part: LinePart) -> None:
+        line = part.raw
+        if self._phase is _Phase.GREETING:
+            self._greet(line)
+            return
+        if line.startswith(b"* "):
+            self._untagged(part)
+            return
+        tag = line.split(b" ", 1)[0]
+        command = self._tracker.get(tag)
+        if command is None or not command.injected:
+            self._out.append(ev.ProtocolViolation(Side.UPSTREAM, "unexpected response"))
+            self._bye(b"[UNAVAILABLE] Upstream server protocol error", "upstream-protocol-error")
+            return
+        status = line[len(tag) + 1 :].split(b" ", 1)[0].rstrip(b"\r\n").upper()
+        self._tagged(command, part, status.decode("ascii", "replace"))
+
+    def _greet(self, line: bytes) -> None:
+        word = line[2:].split(b" ", 1)[0].rstrip(b"\r\n").upper()
+        if not line.startswith(b"* ") or word not in (b"OK", b"PREAUTH", b"BYE"):
+            self._out.append(ev.ProtocolViolation(Side.UPSTREAM, "invalid greeting"))
+            self._bye(b"[UNAVAILABLE] Upstream server sent no valid greeting", "upstream-greeting")
+            return
+        if word == b"BYE":
+            self._out.append(ev.SendToClient(line))
+            self._close("upstream-refused")
+            return
+        self._greeting = line
+        if word == b"PREAUTH":
+            self.state = ProtocolState.AUTHENTICATED
+        caps = capabilities_in_line(line)
+        if self.settings.upstream_starttls:
+            if word == b"PREAUTH":
+                self._bye(b"[UNAVAILABLE] Upstream server refused STARTTLS", "upstream-tls")
+                return
+            self._phase = _Phase.UPSTREAM_STARTTLS
+            self._inject(b"STARTTLS", "STARTTLS", self._upstream_starttls_done)
+        elif caps is None:
+            self._probe_capabilities()
+        else:
+            self.upstream_capabilities = caps
+            self._ready()
+
+    def _inject(self, command: bytes, name: str, on_complete: _Completion) -> None:
+        tag = self._tracker.new_proxy_tag()
+        self._tracker.add(InFlight(tag, name, on_complete=on_complete))
+        self._to_upstream(tag + b" " + command + b"\r\n")
+
+    def _upstream_starttls_done(self, line: bytes, _untagged: list[bytes]) -> None:
+        if _status_of(line) != b"OK":
+            self._bye(b"[UNAVAILABLE] Upstream server refused STARTTLS", "upstream-tls")
+            return
+        if self._upstream.buffered:
+            # Bytes after the OK and before TLS would be an injection by a middlebox.
+            self._bye(b"[UNAVAILABLE] Upstream server sent data before TLS", "upstream-tls")
+            return
+        self._phase = _Phase.UPSTREAM_TLS
+        self._out.append(ev.StartUpstreamTLS())
+
+    def _probe_capabilities(self) -> None:
+        self._phase = _Phase.PROBING
+        self._inject(b"CAPABILITY", "CAPABILITY", self._probe_done)
+
+    def _probe_done(self, line: bytes, untagged: list[bytes]) -> None:
+        caps: list[str] = []
+        for data in untagged:
+            found = capabilities_in_line(data)
+            if found is not None:
+                caps = found
+        code_caps = capabilities_in_line(line)
+        self.upstream_capabilities = code_caps if code_caps is not None else caps
+        self._ready()
+
+    def _ready(self) -> None:
+        self._phase = _Phase.RELAYING
+        self._out.append(ev.SendToClient(self._client_greeting()))
+        self._out.append(ev.UpstreamReady(tuple(self.upstream_capabilities)))
+
+    def _client_greeting(self) -> bytes:
+        line = self._greeting
+        caps = self.client_capabilities()
+        if capabilities_in_line(line) is not None:
+            return rewrite_capability_line(line, caps)
+        head, _, text = line.partition(b" ")[2].partition(b" ")
+        prefix = b"* " + head.rstrip(b"\r\n") + b" "
+        if text.startswith(b"["):
+            return line  # another response code is there; the client will ask
+        code = b"[CAPABILITY " + " ".join(caps).encode("ascii") + b"]"
+        if not text.strip():
+            return prefix + code + b" Ready\r\n"
+        return prefix + code + b" " + text
+
+    # ------------------------------------------------------- client → upstream
+
+    def _client_event(self, event: FrameEvent) -> None:
+        if isinstance(event, LiteralData):
+            self._client_literal(event)
+            return
+        assert isinstance(event, LinePart)
+        if self._msg is not None:
+            self._message_line(event)
+        elif self._role is _Role.SASL_RESPONSE:
+            self._sasl_response(event.raw)
+        elif self._role is _Role.IDLE_DONE:
+            self._role = _Role.COMMAND
+            self._out.append(ev.SendToUpstream(event.raw))
+        else:
+            self._start_command(event)
+
+    def _sasl_response(self, line: bytes) -> None:
+        if self.user is None and self._sasl_mechanism:
+            self.user = _sasl_user(self._sasl_mechanism, line.strip())
+        self._role = _Role.COMMAND
+        self._await = _Await.SASL
+        self._out.append(ev.SendToUpstream(line))
+
+    def _start_command(self, part: LinePart) -> None:
+        peeked = peek_command(part.raw)
+        if peeked is None:
+            # No tag we can track (an empty line, garbage): the upstream answers it.
+            self._msg = _ClientMessage(b"", "OTHER", _Mode.STREAM)
+            self._message_line(part)
+            return
+        tag, name = peeked
+        msg = _ClientMessage(tag, name, _Mode.STREAM)
+        self._msg = msg
+        self._out.append(ev.CommandStarted(tag.decode("ascii", "replace"), name))
+        if name == "STARTTLS":
+            msg.mode = _Mode.DISCARD
+            self._starttls(part, tag)
+        elif name in AUTH_COMMANDS and self.settings.require_tls and not self._client_tls:
+            msg.mode = _Mode.DISCARD
+            self._answer(tag, name, _PRIVACY_REQUIRED)
+        elif name == "ID":
+            msg.mode = _Mode.HOLD
+        else:
+            msg.capture = name in AUTH_COMMANDS
+            self._tracker.add(InFlight(tag, name))
+        if self._msg is msg:
+            self._message_line(part)
+
+    def _answer(self, tag: bytes, name: str, tail: bytes, untagged: bytes = b"") -> None:
+        """The proxy answers a command itself."""
+        self._to_client(untagged + tag + b" " + tail + b"\r\n")
+        status = tail.split(b" ", 1)[0].decode("ascii")
+        self._out.append(ev.CommandCompleted(tag.decode("ascii", "replace"), name, status,
+                                             by_proxy=True))
+
+    def _message_line(self, part: LinePart) -> None:
+        msg = self._msg
+        assert msg is not None
+        literal = part.literal
+        if msg.mode is _Mode.DISCARD:
+            if literal is not None and literal.synchronizing:
+                self._client.cancel_literal()  # we sent no `+`: the client sends no literal
+                literal = None
+            if literal is None:
+                self._end_command_message()
+            return
+        if msg.capture or msg.mode is _Mode.HOLD:
+            msg.lines.append(part.raw)
+        if msg.mode is _Mode.HOLD:
+            self._hold_line(msg, part)
+            return
+        raw = part.raw
+        if literal is not None and not literal.synchronizing and not self._upstream_takes(literal):
+            # The upstream lacks LITERAL+: send a synchronizing literal and hold the
+            # client's data in the framer until the upstream's `+` arrives.
+            raw = raw[: literal.start] + (b"~" if literal.binary else b"") + b"{" + (
+                str(literal.size).encode() + b"}" + raw[len(raw.rstrip(b"\r\n")):])
+            self._expect_continuation(msg.tag, _Await.CONVERTED_LITERAL)
+        elif literal is not None and literal.synchronizing:
+            self._expect_continuation(msg.tag, _Await.CLIENT_LITERAL)
+        elif literal is None and msg.name == "AUTHENTICATE":
+            self._start_sasl(msg)
+        elif literal is None and msg.name == "IDLE":
+            self._expect_continuation(msg.tag, _Await.IDLE)
+        self._out.append(ev.SendToUpstream(raw))
+        if literal is None:
+            self._end_command_message()
+        else:
+            self._upstream_open = True
+            if msg.capture:
+                self._begin_capture(msg, literal.size)
+
+    @staticmethod
+    def _begin_capture(msg: _ClientMessage, size: int) -> None:
+        if size:
+            msg.literal = bytearray()
+        else:
+            msg.literals.append(b"")  # the framer yields no data for {0}
+
+    def _upstream_takes(self, literal: object) -> bool:
+        caps = self.upstream_capabilities
+        if has_capability(caps, "LITERAL+"):
+            return True
+        size = getattr(literal, "size", 0)
+        return has_capability(caps, "LITERAL-") and size <= 4096
+
+    def _expect_continuation(self, tag: bytes, what: _Await) -> None:
+        self._await = what
+        self._await_tag = tag
+
+    def _client_literal(self, chunk: LiteralData) -> None:
+        msg = self._msg
+        if msg is None:
+            return
+        if msg.mode is _Mode.STREAM:
+            self._out.append(ev.SendToUpstream(chunk.data))
+        if msg.literal is not None:
+            if len(msg.literal) + len(chunk.data) <= self.settings.capture_literal_max:
+                msg.literal += chunk.data
+            else:
+                msg.capture = False
+                msg.literal = None
+        if chunk.remaining == 0 and msg.literal is not None:
+            msg.literals.append(bytes(msg.literal))
+            msg.literal = None
+
+    def _end_command_message(self) -> None:
+        msg = self._msg
+        self._msg = None
+        self._upstream_open = False
+        if msg is not None and msg.capture and msg.name == "LOGIN":
+            self.user = _login_user(msg)
+        self._flush_deferred_upstream()
+        self._drain_if_quiet()
+
+    def _flush_deferred_upstream(self) -> None:
+        if self._deferred_upstream:
+            self._out.append(ev.SendToUpstream(b"".join(self._deferred_upstream)))
+            self._deferred_upstream.clear()
+
+    def _start_sasl(self, msg: _ClientMessage) -> None:
+        words = msg.lines[0].split()
+        self._sasl_mechanism = words[2].decode("ascii", "replace").upper() if len(words) > 2 else ""
+        if len(words) > 3 and words[3] != b"=":
+            self.user = _sasl_user(self._sasl_mechanism, words[3])
+        self._expect_continuation(msg.tag, _Await.SASL)
+
+    # ----------------------------------------------------- commands we handle
+
+    def _starttls(self, part: LinePart, tag: bytes) -> None:
+        offered = (self.settings.starttls_available and not self._client_tls
+                   and self.state is ProtocolState.NOT_AUTHENTICATED)
+        if not offered or part.literal is not None or self._client_open:
+            self._answer(tag, "STARTTLS", _BAD_STARTTLS_NOT_OFFERED)
+            return
+        self._answer(tag, "STARTTLS", b"OK Begin TLS negotiation now")
+        self._msg = None
+        dropped = self._client.discard_buffered()
+        if dropped:
+            self._out.append(ev.PlaintextDiscarded(dropped))
+        self._phase = _Phase.CLIENT_TLS
+        self._out.append(ev.StartClientTLS())
+
+    def _hold_line(self, msg: _ClientMessage, part: LinePart) -> None:
+        literal = part.literal
+        if literal is None:
+            self._msg = None
+            self._held_command_complete(msg)
+            return
+        if literal.size > self.settings.capture_literal_max:
+            msg.mode = _Mode.DISCARD
+            self._answer(msg.tag, msg.name, b"BAD Argument too long")
+            if literal.synchronizing:
+                self._client.cancel_literal()
+                self._msg = None
+            return
+        self._begin_capture(msg, literal.size)
+        if literal.synchronizing:
+            self._to_client(b"+ Ready for literal data\r\n")
+
+    def _held_command_complete(self, msg: _ClientMessage) -> None:
+        message = msg.message()
+        try:
+            command = parse_command(message)
+        except ProtocolError:
+            self._answer(msg.tag, msg.name, b"BAD Invalid arguments")
+            return
+        has_id = has_capability(self.upstream_capabilities, "ID")
+        if not has_id:
+            self._answer(msg.tag, msg.name, b"OK ID completed",
+                         untagged=id_reply(self.settings.id_answer))
+            return
+        rewritten = rewrite_id_command(command, message, self.settings)
+        if rewritten is None:
+            self._answer(msg.tag, msg.name, b"BAD Invalid ID arguments")
+            return
+        self._tracker.add(InFlight(msg.tag, msg.name))
+        self._send_message(msg.tag, rewritten)
+
+    def _send_message(self, tag: bytes, message: Message) -> None:
+        """Send a message the proxy built, minding the upstream's literal support."""
+        if not message.literals:
+            self._to_upstream(message.lines[0])
+            return
+        if has_capability(self.upstream_capabilities, "LITERAL+"):
+            lines = [_non_synchronizing(line) for line in message.lines[:-1]]
+            lines.append(message.lines[-1])
+            self._to_upstream(Message(tuple(lines), message.literals).to_bytes())
+            return
+        self._to_upstream(message.lines[0])
+        parts: list[bytes] = []
+        for literal, line in zip(message.literals, message.lines[1:], strict=True):
+            assert literal is not None
+            parts.append(literal + line)
+        self._proxy_parts = parts
+        self._expect_continuation(tag, _Await.PROXY_LITERAL)
+
+    def _send_proxy_parts(self) -> None:
+        part = self._proxy_parts.pop(0)
+        self._to_upstream(part)
+        if self._proxy_parts:
+            self._await = _Await.PROXY_LITERAL
+
+
+def _status_of(line: bytes) -> bytes:
+    return line.split(b" ", 2)[1].rstrip(b"\r\n").upper() if b" " in line else b""
+
+
+def _non_synchronizing(line: bytes) -> bytes:
+    stripped = line.rstrip(b"\r\n")
+    return stripped[:-1] + b"+}" + line[len(stripped):]
+
+
+def _login_user(msg: _ClientMessage) -> str | None:
+    try:
+        command = parse_command(msg.message())
+    except (ProtocolError, ValueError):
+        return None
+    if not command.args:
+        return None
+    user = astring_bytes(command.args[0])
+    return None if user is None else user.decode("utf-8", "replace")
+
+
+def _sasl_user(mechanism: str, response: bytes) -> str | None:
+    """The user a PLAIN or LOGIN response names; the password is never kept."""
+    try:
+        decoded = base64.b64decode(response, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if mechanism == "PLAIN":
+        fields = decoded.split(b"\x00")
+        if len(fields) != 3:
+            return None
+        name = fields[0] or fields[1]
+    elif mechanism == "LOGIN":
+        name = decoded
+    else:
+        return None
+    return name.decode("utf-8", "replace") or None

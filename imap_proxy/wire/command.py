@@ -1,0 +1,156 @@
+"""Client commands: a fast peek at every command line, and a generic parse when needed.
+
+How this works: `peek_command()` runs on the first line of every client command. It does
+no lexing: it splits off the tag and the verb (and the verb after `UID`) with `find`,
+checks the tag against the RFC 3501 tag alphabet with one `bytes.translate`, and returns
+`(tag, "UID FETCH")` or None when the line has no tag and name (a SASL response, `DONE`).
+
+`parse_command()` turns a whole framed `Message` into `Command(tag, name, args)`, where
+`args` are the values after the name as the lexer reads them (see
+`imap_proxy.wire.syntax`): a sequence set is an `Atom`, `(FLAGS BODY[])` a `ParenList`,
+strings are `Quoted` or `LiteralString`. The typed accessors give rules what they need
+without a grammar per command: `mailbox_args()` (which arguments are mailbox names) and
+`parse_id_params()` (the fields of `ID`). Errors are `ParseError(Side.CLIENT, ...)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from imap_proxy.wire.errors import ParseError, Side
+from imap_proxy.wire.lexer import DEFAULT_MAX_DEPTH, Lexer
+from imap_proxy.wire.message import Message
+from imap_proxy.wire.syntax import ParenList, Value, id_params
+
+_ALL_OCTETS: Final = bytes(range(256))
+# RFC 3501: tag = 1*<any ASTRING-CHAR except "+">; ASTRING-CHAR = ATOM-CHAR / "]".
+TAG_CHARS: Final = bytes(c for c in range(0x21, 0x7F) if c not in b'(){%*"\\+')
+# Command names: letters, digits and the few marks extension verbs use (X-FOO, XLIST).
+_NAME_CHARS: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_."
+_MAX_NAME: Final = 64
+
+
+def is_valid_tag(tag: bytes) -> bool:
+    """True for a client tag (no `+`, `*`, spaces or other atom-specials; not empty)."""
+    return bool(tag) and not tag.translate(_ALL_OCTETS, TAG_CHARS)
+
+
+def _is_valid_name(name: bytes) -> bool:
+    return 0 < len(name) <= _MAX_NAME and not name.translate(_ALL_OCTETS, _NAME_CHARS)
+
+
+def _content_end(line: bytes) -> int:
+    if line.endswith(b"\r\n"):
+        return len(line) - 2
+    if line.endswith(b"\n"):
+        return len(line) - 1
+    return len(line)
+
+
+def _word_at(line: bytes, start: int, end: int) -> tuple[bytes, int]:
+    """The word starting at `start` (up to a space or `end`) and the offset after it."""
+    stop = line.find(b" ", start, end)
+    if stop < 0:
+        stop = end
+    return line[start:stop], stop
+
+
+def peek_command(first_line: bytes) -> tuple[bytes, str] | None:
+    """Tag and uppercase command name ("UID FETCH" with its prefix), or None."""
+    end = _content_end(first_line)
+    tag, after_tag = _word_at(first_line, 0, end)
+    if after_tag >= end or not is_valid_tag(tag):
+        return None
+    name, after_name = _word_at(first_line, after_tag + 1, end)
+    if not _is_valid_name(name):
+        return None
+    upper = name.upper()
+    if upper == b"UID":
+        if after_name >= end:
+            return None
+        sub, _ = _word_at(first_line, after_name + 1, end)
+        if not _is_valid_name(sub):
+            return None
+        upper = b"UID " + sub.upper()
+    return tag, upper.decode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A parsed client command; `name` is uppercase with its UID prefix ("UID MOVE")."""
+
+    tag: bytes
+    name: str
+    args: tuple[Value, ...]
+
+    @property
+    def uid(self) -> bool:
+        return self.name.startswith("UID ")
+
+
+def parse_command(message: Message, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Command:
+    """Parse a whole client command; ParseError/LimitExceeded (side CLIENT) if it is not one."""
+    lexer = Lexer(message, Side.CLIENT, max_depth=max_depth)
+    tag = lexer.read_word()
+    if not is_valid_tag(tag):
+        raise lexer.error(f"invalid tag {tag[:40]!r}")
+    lexer.expect_space()
+    name = lexer.read_word()
+    if not _is_valid_name(name):
+        raise lexer.error(f"invalid command name {name[:40]!r}")
+    upper = name.upper().decode("ascii")
+    if upper == "UID":
+        lexer.expect_space()
+        sub = lexer.read_word()
+        if not _is_valid_name(sub):
+            raise lexer.error(f"invalid UID command {sub[:40]!r}")
+        upper = "UID " + sub.upper().decode("ascii")
+    if not lexer.at_line_end():
+        lexer.expect_space()
+    return Command(tag, upper, lexer.read_values())
+
+
+# Which arguments of a command are mailbox names (indices into Command.args). LIST and
+# LSUB: the reference and the pattern; with LIST-EXTENDED selection options first, and the
+# pattern may be a ParenList of patterns.
+_MAILBOX_ARGS: Final[dict[str, tuple[int, ...]]] = {
+    "SELECT": (0,),
+    "EXAMINE": (0,),
+    "CREATE": (0,),
+    "DELETE": (0,),
+    "RENAME": (0, 1),
+    "SUBSCRIBE": (0,),
+    "UNSUBSCRIBE": (0,),
+    "LIST": (0, 1),
+    "LSUB": (0, 1),
+    "STATUS": (0,),
+    "APPEND": (0,),
+    "COPY": (1,),
+    "MOVE": (1,),
+    "UID COPY": (1,),
+    "UID MOVE": (1,),
+}
+
+
+def mailbox_args(cmd: Command) -> list[int]:
+    """Indices of `cmd.args` that name mailboxes (empty for commands that take none).
+
+    Read them with `syntax.mailbox_bytes()` (NIL there is the mailbox "NIL"). For LIST
+    with RFC 5258 selection options `LIST (SUBSCRIBED) "" "*"` the indices are shifted past
+    the options; the pattern argument may then be a `ParenList` of patterns.
+    """
+    indices = _MAILBOX_ARGS.get(cmd.name, ())
+    offset = 0
+    if cmd.name == "LIST" and cmd.args and isinstance(cmd.args[0], ParenList):
+        offset = 1
+    return [index + offset for index in indices if index + offset < len(cmd.args)]
+
+
+def parse_id_params(cmd: Command) -> list[tuple[bytes, bytes | None]] | None:
+    """The field/value pairs of an `ID` command; None for `ID NIL`."""
+    if cmd.name != "ID":
+        raise ParseError(Side.CLIENT, f"{cmd.name} is not an ID command")
+    if len(cmd.args) != 1:
+        raise ParseError(Side.CLIENT, "ID takes one argument")
+    return id_params(cmd.args[0], Side.CLIENT)
