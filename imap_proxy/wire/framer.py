@@ -115,13 +115,21 @@ def parse_announcement(line: bytes, side: Side, limits: FrameLimits) -> LiteralH
 
 
 class Framer:
-    """Frames one direction of a connection; see the module docstring."""
+    """Frames one direction of a connection; see the module docstring.
+
+    Buffer discipline (every FETCH body passes here): bytes are consumed by moving a read
+    offset, and the buffer is compacted only once the consumed part dominates, so a read
+    holding thousands of short lines costs linear time. Fed data that lies wholly inside
+    a literal bypasses the buffer and is handed on without a copy.
+    """
 
     def __init__(self, side: Side, limits: FrameLimits | None = None) -> None:
         self.side = side
         self.limits = limits or FrameLimits()
         self._buffer = bytearray()
-        self._scanned = 0  # bytes of _buffer already known to hold no LF
+        self._start = 0  # bytes of _buffer before this offset are consumed
+        self._scanned = 0  # absolute offset in _buffer up to which no LF was found
+        self._direct: bytes = b""  # fed while in a literal with nothing buffered
         self._literal_remaining = 0
         self._literal_started = False
         self._broken: ProtocolError | None = None
@@ -133,10 +141,19 @@ class Framer:
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return len(self._buffer) - self._start + len(self._direct)
 
     def feed(self, data: bytes) -> None:
-        self._buffer += data
+        if self._direct or self._start < len(self._buffer) or not self._literal_remaining:
+            self._absorb_direct()
+            self._buffer += data
+        else:
+            self._direct = data
+
+    def _absorb_direct(self) -> None:
+        if self._direct:
+            self._buffer += self._direct
+            self._direct = b""
 
     def cancel_literal(self) -> None:
         """Forget an announced synchronizing literal the peer will now never send."""
@@ -146,9 +163,10 @@ class Framer:
 
     def discard_buffered(self) -> int:
         """Drop every buffered byte (and any literal state); return how many were dropped."""
-        dropped = len(self._buffer)
+        dropped = self.buffered
         self._buffer.clear()
-        self._scanned = 0
+        self._direct = b""
+        self._start = self._scanned = 0
         self._literal_remaining = 0
         self._literal_started = False
         return dropped
@@ -158,43 +176,57 @@ class Framer:
             raise self._broken
         if self._literal_remaining:
             return self._next_literal_chunk()
+        self._absorb_direct()
         return self._next_line()
 
     def _next_literal_chunk(self) -> FrameEvent:
-        if not self._buffer:
-            return NEED_DATA
-        take = min(self._literal_remaining, len(self._buffer))
-        if take == len(self._buffer):
-            data = bytes(self._buffer)
-            self._buffer.clear()
+        if self._start < len(self._buffer):
+            take = min(self._literal_remaining, len(self._buffer) - self._start)
+            data = bytes(self._buffer[self._start : self._start + take])
+            self._consume(take)
+        elif self._direct:
+            take = min(self._literal_remaining, len(self._direct))
+            data = self._direct[:take]  # the whole chunk: no copy
+            rest = self._direct[take:]
+            self._direct = b""
+            if rest:
+                self._buffer += rest
         else:
-            data = bytes(self._buffer[:take])
-            del self._buffer[:take]
+            return NEED_DATA
         self._literal_remaining -= take
         self._literal_started = self._literal_remaining > 0
         return LiteralData(data, self._literal_remaining)
 
+    def _consume(self, count: int) -> None:
+        self._start += count
+        if self._start >= len(self._buffer):
+            self._buffer.clear()
+            self._start = self._scanned = 0
+        elif self._start > 65536 and self._start * 2 > len(self._buffer):
+            del self._buffer[: self._start]
+            self._scanned = max(0, self._scanned - self._start)
+            self._start = 0
+
+    def _line_too_long(self) -> LimitExceeded:
+        self._broken = LimitExceeded(
+            self.side, "line_length", f"line longer than {self.limits.max_line_length} octets"
+        )
+        return self._broken
+
     def _next_line(self) -> FrameEvent:
-        end = self._buffer.find(b"\n", self._scanned)
+        begin = self._start
+        end = self._buffer.find(b"\n", max(self._scanned, begin))
         if end < 0:
             self._scanned = len(self._buffer)
-            if self._scanned > self.limits.max_line_length:
-                self._broken = LimitExceeded(
-                    self.side,
-                    "line_length",
-                    f"line longer than {self.limits.max_line_length} octets",
-                )
-                raise self._broken
+            if self._scanned - begin > self.limits.max_line_length:
+                raise self._line_too_long()
             return NEED_DATA
         end += 1
-        if end > self.limits.max_line_length + 2:
-            self._broken = LimitExceeded(
-                self.side, "line_length", f"line longer than {self.limits.max_line_length} octets"
-            )
-            raise self._broken
-        raw = bytes(self._buffer[:end])
-        del self._buffer[:end]
-        self._scanned = 0
+        if end - begin > self.limits.max_line_length + 2:
+            raise self._line_too_long()
+        raw = bytes(self._buffer[begin:end])
+        self._consume(end - begin)
+        self._scanned = self._start
         try:
             literal = parse_announcement(raw, self.side, self.limits)
         except ProtocolError as error:
