@@ -1,0 +1,223 @@
+"""The user-facing configuration: pydantic models with embedded defaults.
+
+How this works: `ProxyConfig` is the whole configuration. Every field has a default that
+is sensible for a proxy on one host, so `imap-proxy run --upstream HOST:PORT` needs no
+file. A YAML or TOML file, then `IMAP_PROXY_…` environment variables (nested fields with
+`__`, e.g. `IMAP_PROXY_UPSTREAM__SECURITY=tls`), then command-line flags override it, in
+that order (see `imap_proxy.config_loader`). Unknown keys are errors (`extra="forbid"`).
+Durations are seconds; sizes are octets.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+MIN_IDLE_TIMEOUT = 30 * 60  # RFC 9051 §5.4: an IDLE client must not be cut before 30 minutes
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[V6]:PORT` -> (host, port). Port 0 means "pick a free port"."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"port must be a number in {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range in {value!r}")
+    return host, port
+
+
+HOST_PORT_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):[0-9]{1,5}$"
+_HOST_PORT_RE = re.compile(HOST_PORT_PATTERN)
+
+
+def _check_host_port(value: str) -> str:
+    if not _HOST_PORT_RE.match(value):
+        raise ValueError(f"expected HOST:PORT or [IPV6]:PORT, got {value!r}")
+    split_host_port(value)  # the port range
+    return value
+
+
+# `HOST:PORT` or `[V6]:PORT` as a string; validated with a readable message (not a regex dump).
+HostPort = Annotated[
+    str,
+    AfterValidator(_check_host_port),
+    WithJsonSchema(
+        {"type": "string", "pattern": HOST_PORT_PATTERN, "examples": ["127.0.0.1:1143"]}
+    ),
+]
+
+
+class UpstreamSecurity(enum.StrEnum):
+    PLAIN = "plain"
+    TLS = "tls"
+    STARTTLS = "starttls"
+
+
+class LogFormat(enum.StrEnum):
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class TLSConfig(_Strict):
+    """The proxy's own certificate, for implicit-TLS listeners and STARTTLS."""
+
+    cert: Path | None = Field(default=None, description="PEM certificate chain file")
+    key: Path | None = Field(default=None, description="PEM private key file")
+    min_version: Literal["1.2", "1.3"] = Field(
+        default="1.2", description="lowest TLS version offered to clients"
+    )
+
+    @field_validator("min_version", mode="before")
+    @classmethod
+    def _version_from_number(cls, value: object) -> object:
+        # YAML/TOML read an unquoted 1.2 as a number.
+        return str(value) if isinstance(value, float | int) else value
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> TLSConfig:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("tls.cert and tls.key must be given together")
+        return self
+
+    @property
+    def configured(self) -> bool:
+        return self.cert is not None
+
+
+class UpstreamConfig(_Strict):
+    """The one IMAP server behind the proxy."""
+
+    address: HostPort = "127.0.0.1:143"
+    security: UpstreamSecurity = Field(
+        default=UpstreamSecurity.PLAIN,
+        description="plain TCP, implicit TLS, or STARTTLS after the greeting",
+    )
+    verify: bool = Field(default=True, description="verify the upstream's TLS certificate")
+    ca_file: Path | None = Field(
+        default=None, description="CA bundle for the upstream (default: the system store)"
+    )
+    server_name: str | None = Field(
+        default=None, description="SNI and the name checked in its certificate (default: host)"
+    )
+    connect_timeout: float = Field(default=10.0, gt=0, description="seconds")
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return split_host_port(self.address)
+
+
+class LimitsConfig(_Strict):
+    """Hard limits; a peer exceeding one is disconnected with an error."""
+
+    max_connections: int = Field(default=10_000, ge=1)
+    max_connections_per_ip: int = Field(default=0, ge=0, description="0: no per-address limit")
+    client_max_line: int = Field(default=64 * 1024, ge=1024, description="octets")
+    client_max_literal: int = Field(default=256 * 1024 * 1024, ge=0, description="octets")
+    upstream_max_line: int = Field(default=16 * 1024 * 1024, ge=1024, description="octets")
+    upstream_max_literal: int = Field(default=4 * 1024 * 1024 * 1024, ge=0, description="octets")
+    capture_literal_max: int = Field(
+        default=8 * 1024, ge=0, description="literals up to this size are kept for parsing"
+    )
+
+
+class TimeoutsConfig(_Strict):
+    """Timeouts in seconds."""
+
+    preauth: float = Field(default=60.0, gt=0, description="until the client authenticates")
+    idle: float = Field(
+        default=float(MIN_IDLE_TIMEOUT), gt=0, description="inactivity; at least 1800 (RFC 9051)"
+    )
+    tls_handshake: float = Field(default=30.0, gt=0)
+    drain: float = Field(
+        default=30.0, ge=0, description="on SIGTERM, how long in-flight commands may finish"
+    )
+
+    @field_validator("idle")
+    @classmethod
+    def _idle_at_least_thirty_minutes(cls, value: float) -> float:
+        if value < MIN_IDLE_TIMEOUT:
+            raise ValueError(f"timeouts.idle must be at least {MIN_IDLE_TIMEOUT} s (RFC 9051)")
+        return value
+
+
+class IdConfig(_Strict):
+    """The ID command (RFC 2971)."""
+
+    forward_originating: bool = Field(
+        default=False, description="add x-originating-ip/-port and x-session-id upstream"
+    )
+    answer: dict[str, str] | None = Field(
+        default=None,
+        description="what the proxy answers when the upstream has no ID; null: `* ID NIL`",
+    )
+
+
+class LogConfig(_Strict):
+    """Structured logs on stderr."""
+
+    format: LogFormat = LogFormat.CONSOLE
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    hash_user: bool = Field(
+        default=True, description="log a hash of the user name instead of the name"
+    )
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _level_any_case(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
+class ProxyConfig(_Strict):
+    """The whole configuration of one proxy process."""
+
+    listen: list[HostPort] = Field(
+        default_factory=lambda: ["127.0.0.1:1143"], description="plain/STARTTLS listeners"
+    )
+    listen_tls: list[HostPort] = Field(
+        default_factory=list, description="implicit-TLS listeners (need tls.cert and tls.key)"
+    )
+    tls: TLSConfig = Field(default_factory=TLSConfig)
+    require_tls: bool = Field(
+        default=False, description="refuse LOGIN/AUTHENTICATE on a plaintext client connection"
+    )
+    upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
+    rules: Path | None = Field(
+        default=None, description="quirk rules directory (default: the packaged rules)"
+    )
+    metrics_listen: HostPort | None = Field(
+        default=None, description="Prometheus /metrics, /healthz, /readyz (default: off)"
+    )
+    log: LogConfig = Field(default_factory=LogConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
+    id: IdConfig = Field(default_factory=IdConfig)
+
+    @model_validator(mode="after")
+    def _tls_listeners_need_a_certificate(self) -> ProxyConfig:
+        if self.listen_tls and not self.tls.configured:
+            raise ValueError("listen_tls needs tls.cert and tls.key")
+        if not self.listen and not self.listen_tls:
+            raise ValueError("at least one of listen / listen_tls is needed")
+        return self
