@@ -21,8 +21,9 @@ _CODE = re.compile(rb"\[CAPABILITY( [^\]\r\n]*)?\]", re.IGNORECASE)
 _DATA = re.compile(rb"^\* CAPABILITY(?: ([^\r\n]*))?(\r?\n)\Z", re.IGNORECASE)
 
 # Handled by the proxy itself; the upstream's word on these never reaches the client.
-_PROXY_OWNED = frozenset({"IMAP4REV1", "IMAP4REV2", "STARTTLS", "LOGINDISABLED", "LITERAL+",
-                          "LITERAL-", "ID"})
+_PROXY_OWNED = frozenset(
+    {"IMAP4REV1", "IMAP4REV2", "STARTTLS", "LOGINDISABLED", "LITERAL+", "LITERAL-", "ID"}
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -410,8 +410,9 @@ class ProxySession:
                 self.upstream_capabilities = caps
                 line = rewrite_capability_line(line, self.client_capabilities())
         self._relay_line(part, line)
-        self._out.append(ev.CommandCompleted(command.tag.decode("ascii", "replace"),
-                                             command.name, status))
+        self._out.append(
+            ev.CommandCompleted(command.tag.decode("ascii", "replace"), command.name, status)
+        )
         if command.name in AUTH_COMMANDS and before is ProtocolState.NOT_AUTHENTICATED:
             if self.state is ProtocolState.AUTHENTICATED:
                 mechanism = "LOGIN" if command.name == "LOGIN" else self._sasl_mechanism
@@ -588,8 +589,9 @@ class ProxySession:
         """The proxy answers a command itself."""
         self._to_client(untagged + tag + b" " + tail + b"\r\n")
         status = tail.split(b" ", 1)[0].decode("ascii")
-        self._out.append(ev.CommandCompleted(tag.decode("ascii", "replace"), name, status,
-                                             by_proxy=True))
+        self._out.append(
+            ev.CommandCompleted(tag.decode("ascii", "replace"), name, status, by_proxy=True)
+        )
 
     def _message_line(self, part: LinePart) -> None:
         msg = self._msg
@@ -611,8 +613,12 @@ class ProxySession:
         if literal is not None and not literal.synchronizing and not self._upstream_takes(literal):
             # The upstream lacks LITERAL+: send a synchronizing literal and hold the
             # client's data in the framer until the upstream's `+` arrives.
-            raw = raw[: literal.start] + (b"~" if literal.binary else b"") + b"{" + (
-                str(literal.size).encode() + b"}" + raw[len(raw.rstrip(b"\r\n")):])
+            raw = (
+                raw[: literal.start]
+                + (b"~" if literal.binary else b"")
+                + b"{"
+                + (str(literal.size).encode() + b"}" + raw[len(raw.rstrip(b"\r\n")) :])
+            )
             self._expect_continuation(msg.tag, _Await.CONVERTED_LITERAL)
         elif literal is not None and literal.synchronizing:
             self._expect_continuation(msg.tag, _Await.CLIENT_LITERAL)
@@ -686,8 +692,11 @@ class ProxySession:
     # ----------------------------------------------------- commands we handle
 
     def _starttls(self, part: LinePart, tag: bytes) -> None:
-        offered = (self.settings.starttls_available and not self._client_tls
-                   and self.state is ProtocolState.NOT_AUTHENTICATED)
+        offered = (
+            self.settings.starttls_available
+            and not self._client_tls
+            and self.state is ProtocolState.NOT_AUTHENTICATED
+        )
         if not offered or part.literal is not None or self._client_open:
             self._answer(tag, "STARTTLS", _BAD_STARTTLS_NOT_OFFERED)
             return
@@ -725,8 +734,9 @@ class ProxySession:
             return
         has_id = has_capability(self.upstream_capabilities, "ID")
         if not has_id:
-            self._answer(msg.tag, msg.name, b"OK ID completed",
-                         untagged=id_reply(self.settings.id_answer))
+            self._answer(
+                msg.tag, msg.name, b"OK ID completed", untagged=id_reply(self.settings.id_answer)
+            )
             return
         rewritten = rewrite_id_command(command, message, self.settings)
         if rewritten is None:
@@ -766,7 +776,7 @@ def _status_of(line: bytes) -> bytes:
 
 def _non_synchronizing(line: bytes) -> bytes:
     stripped = line.rstrip(b"\r\n")
-    return stripped[:-1] + b"+}" + line[len(stripped):]
+    return stripped[:-1] + b"+}" + line[len(stripped) :]
 
 
 def _login_user(msg: _ClientMessage) -> str | None:

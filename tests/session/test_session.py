@@ -225,17 +225,23 @@ def test_select_failure_leaves_selected_state() -> None:
     session.receive_from_upstream(b"b NO Mailbox doesn't exist\r\n")
     states.append(session.state)
     assert states == [
-        ProtocolState.AUTHENTICATED, ProtocolState.SELECTED, ProtocolState.AUTHENTICATED]
+        ProtocolState.AUTHENTICATED,
+        ProtocolState.SELECTED,
+        ProtocolState.AUTHENTICATED,
+    ]
 
 
 def test_pipelined_commands_flow_without_waiting() -> None:
     session = greeted()
-    data = b"a NOOP\r\nb CAPABILITY\r\nc LIST \"\" *\r\n"
+    data = b'a NOOP\r\nb CAPABILITY\r\nc LIST "" *\r\n'
     out = session.receive_from_client(data)
     assert sent(out, ev.SendToUpstream) == data
     out = session.receive_from_upstream(b"c OK\r\na OK\r\nb OK\r\n")
     assert [(e.tag, e.name) for e in out if isinstance(e, ev.CommandCompleted)] == [
-        ("c", "LIST"), ("a", "NOOP"), ("b", "CAPABILITY")]
+        ("c", "LIST"),
+        ("a", "NOOP"),
+        ("b", "CAPABILITY"),
+    ]
 
 
 # --- STARTTLS ------------------------------------------------------------------------
@@ -256,7 +262,9 @@ def test_starttls_discards_plaintext_pipelined_after_it() -> None:
     out = session.receive_from_client(b"d CAPABILITY\r\n")
     assert sent(out, ev.SendToUpstream) == b"d CAPABILITY\r\n"
     out = session.receive_from_upstream(b"* CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN\r\nd OK\r\n")
-    assert sent(out, ev.SendToClient) == b"* CAPABILITY IMAP4rev1 AUTH=PLAIN LITERAL+ ID\r\nd OK\r\n"
+    assert (
+        sent(out, ev.SendToClient) == b"* CAPABILITY IMAP4rev1 AUTH=PLAIN LITERAL+ ID\r\nd OK\r\n"
+    )
 
 
 def test_starttls_refused_where_not_offered() -> None:
@@ -273,14 +281,18 @@ def test_starttls_refused_where_not_offered() -> None:
 def test_upstream_starttls_then_capabilities_before_greeting_the_client() -> None:
     session = ProxySession(SessionSettings(upstream_starttls=True))
     out = session.receive_from_upstream(
-        b"* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] ready\r\n")
+        b"* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] ready\r\n"
+    )
     assert sent(out, ev.SendToUpstream) == b"ipx1 STARTTLS\r\n"
     out = session.receive_from_upstream(b"ipx1 OK Begin TLS\r\n")
     assert ev.StartUpstreamTLS() in out and sent(out, ev.SendToClient) == b""
     out = session.upstream_tls_established()
     assert sent(out, ev.SendToUpstream) == b"ipx2 CAPABILITY\r\n"
     out = session.receive_from_upstream(b"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\nipx2 OK\r\n")
-    assert sent(out, ev.SendToClient) == b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN LITERAL+ ID] ready\r\n"
+    assert (
+        sent(out, ev.SendToClient)
+        == b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN LITERAL+ ID] ready\r\n"
+    )
     assert not session.client_paused
 
 
@@ -322,13 +334,14 @@ def test_id_forwarded_unchanged_when_nothing_to_add() -> None:
 
 
 def test_id_gets_originating_fields_and_loses_spoofed_ones() -> None:
-    session = greeted(
-        forward_originating=True, peer=PeerInfo("192.0.2.7", 50123, "imap", "sess1"))
+    session = greeted(forward_originating=True, peer=PeerInfo("192.0.2.7", 50123, "imap", "sess1"))
     out = session.receive_from_client(
-        b'a ID ("name" "x" "x-originating-ip" "10.9.9.9" "X-Session-Id" "spoof")\r\n')
+        b'a ID ("name" "x" "x-originating-ip" "10.9.9.9" "X-Session-Id" "spoof")\r\n'
+    )
     assert sent(out, ev.SendToUpstream) == (
         b'a ID ("name" "x" "x-originating-ip" "192.0.2.7" "x-originating-port" "50123" '
-        b'"x-session-ext-id" "sess1")\r\n')
+        b'"x-session-ext-id" "sess1")\r\n'
+    )
     out = session.receive_from_upstream(b"* ID NIL\r\na OK ID completed\r\n")
     assert sent(out, ev.SendToClient) == b"* ID NIL\r\na OK ID completed\r\n"
 
@@ -337,9 +350,10 @@ def test_id_with_a_literal_value_is_held_and_parsed() -> None:
     session = greeted(forward_originating=True, peer=PeerInfo("192.0.2.7", 1, "imap", ""))
     out = session.receive_from_client(b'a ID ("name" {3}\r\n')
     assert sent(out, ev.SendToClient) == b"+ Ready for literal data\r\n"
-    out = session.receive_from_client(b'K-9)\r\n')
+    out = session.receive_from_client(b"K-9)\r\n")
     assert sent(out, ev.SendToUpstream) == (
-        b'a ID ("name" "K-9" "x-originating-ip" "192.0.2.7" "x-originating-port" "1")\r\n')
+        b'a ID ("name" "K-9" "x-originating-ip" "192.0.2.7" "x-originating-port" "1")\r\n'
+    )
 
 
 def test_proxy_answers_never_land_inside_a_relayed_literal() -> None:
@@ -349,7 +363,8 @@ def test_proxy_answers_never_land_inside_a_relayed_literal() -> None:
     out += session.receive_from_client(b"b ID NIL\r\n")
     out += session.receive_from_upstream(b"56789)\r\na OK\r\n")
     assert sent(out, ev.SendToClient) == (
-        b"* 1 FETCH (BODY[] {10}\r\n0123456789)\r\n* ID NIL\r\nb OK ID completed\r\na OK\r\n")
+        b"* 1 FETCH (BODY[] {10}\r\n0123456789)\r\n* ID NIL\r\nb OK ID completed\r\na OK\r\n"
+    )
 
 
 # --- limits, errors, endings ----------------------------------------------------------
@@ -414,7 +429,8 @@ def test_drain_waits_for_the_command_in_flight() -> None:
     assert sent(out, ev.SendToUpstream) == b"hello\r\n"  # b NOOP is never started
     out = session.receive_from_upstream(b"a OK [APPENDUID 1 1] Append completed.\r\n")
     assert sent(out, ev.SendToClient) == (
-        b"a OK [APPENDUID 1 1] Append completed.\r\n* BYE [UNAVAILABLE] Server shutting down\r\n")
+        b"a OK [APPENDUID 1 1] Append completed.\r\n* BYE [UNAVAILABLE] Server shutting down\r\n"
+    )
     assert ev.Close("shutdown") in out
 
 
