@@ -25,6 +25,7 @@ import yaml
 from imap_proxy import __version__
 from imap_proxy.config import LogFormat, ProxyConfig, UpstreamSecurity
 from imap_proxy.config_loader import CONFIG_FILE_ENV, ConfigError, dump_json_schema, load_config
+from imap_proxy.quirks.model import RuleLoadError
 
 PROG = "imap-proxy"
 EXIT_OK = 0
@@ -158,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     schema.set_defaults(handler=_command_config_schema)
+
+    from imap_proxy.rules_cli import add_rule_commands
+
+    add_rule_commands(commands)
     return parser
 
 
@@ -299,6 +304,9 @@ def run_proxy(config: ProxyConfig, serve: ServeFunction | None = None) -> int:
     from imap_proxy.observe.logging import configure_logging, get_logger
 
     configure_logging(config.log.format, config.log.level)
+    from imap_proxy.quirks.store import load_snapshot
+
+    load_snapshot(config.rules)  # fail fast, with every problem listed, before listening
     if serve is None:
         from imap_proxy.net.server import serve as serve_proxy
 
@@ -311,6 +319,7 @@ def run_proxy(config: ProxyConfig, serve: ServeFunction | None = None) -> int:
         listen_tls=config.listen_tls,
         upstream=config.upstream.address,
         upstream_security=config.upstream.security.value,
+        metrics_listen=config.metrics_listen,  # serve() runs /metrics, /healthz, /readyz there
     )
     try:
         trio.run(serve, config)
@@ -365,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     try:
         return handler(args)
-    except ConfigError as error:
+    except (ConfigError, RuleLoadError) as error:
         for problem in error.problems:
             print(f"{PROG}: {problem}", file=sys.stderr)
         return EXIT_CONFIG

@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -163,14 +164,27 @@ class TimeoutsConfig(_Strict):
 
 
 class IdConfig(_Strict):
-    """The ID command (RFC 2971)."""
+    """The ID command (RFC 2971). What the proxy answers for an upstream without ID is the
+    `answer-id-in-every-state` rule's `fields`."""
 
     forward_originating: bool = Field(
         default=False, description="add x-originating-ip/-port and x-session-id upstream"
     )
-    answer: dict[str, str] | None = Field(
-        default=None,
-        description="what the proxy answers when the upstream has no ID; null: `* ID NIL`",
+
+
+class ProxyProtocolConfig(_Strict):
+    """PROXY protocol (HAProxy v1/v2): real client addresses from a load balancer."""
+
+    trusted: list[IPvAnyNetwork] = Field(
+        default_factory=list,
+        description="load balancer source ranges that must send a PROXY header; "
+        "with any set, connections from elsewhere are refused (empty: PROXY protocol off)",
+    )
+    send_upstream: bool = Field(
+        default=False, description="send a v2 PROXY header with the client address upstream"
+    )
+    header_timeout: float = Field(
+        default=5.0, gt=0, description="seconds a trusted source has to send its header"
     )
 
 
@@ -213,6 +227,7 @@ class ProxyConfig(_Strict):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
     id: IdConfig = Field(default_factory=IdConfig)
+    proxy_protocol: ProxyProtocolConfig = Field(default_factory=ProxyProtocolConfig)
 
     @model_validator(mode="after")
     def _tls_listeners_need_a_certificate(self) -> ProxyConfig:

@@ -26,7 +26,9 @@ from tests.support.dovecot import (
 )
 from tests.support.tls import TlsFiles, new_ca, write_tls_files
 
-DOVECOT_FIXTURES = frozenset({"dovecot_modern", "dovecot_legacy", "dovecot_legacy_noliteralplus"})
+DOVECOT_FIXTURES = frozenset(
+    {"dovecot_modern", "dovecot_legacy", "dovecot_legacy_noliteralplus", "dovecot_rev2only"}
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -72,6 +74,12 @@ def dovecot_legacy(tls_files: TlsFiles) -> Iterator[DovecotInstance]:
 @pytest.fixture(scope="session")
 def dovecot_legacy_noliteralplus(tls_files: TlsFiles) -> Iterator[DovecotInstance]:
     yield from _running_dovecot("legacy_noliteralplus", tls_files)
+
+
+@pytest.fixture(scope="session")
+def dovecot_rev2only(tls_files: TlsFiles) -> Iterator[DovecotInstance]:
+    """Announces IMAP4rev2 and not IMAP4rev1 (it still speaks rev1: it is Dovecot 2.3)."""
+    yield from _running_dovecot("rev2only", tls_files)
 
 
 @pytest.fixture

@@ -97,7 +97,7 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         "IMAP_PROXY_LOG__FORMAT": "json",
         "IMAP_PROXY_LOG__LEVEL": "DEBUG",
         "IMAP_PROXY_LISTEN": '["0.0.0.0:143", "0.0.0.0:1143"]',
-        "IMAP_PROXY_ID__ANSWER": '{"name": "proxy"}',
+        "IMAP_PROXY_ID__FORWARD_ORIGINATING": "true",
         "UNRELATED": "ignored",
     }
     config = load_config(file, {}, environ)
@@ -106,7 +106,7 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
     assert config.log.format is LogFormat.JSON
     assert config.log.level == "debug"
     assert config.listen == ["0.0.0.0:143", "0.0.0.0:1143"]
-    assert config.id.answer == {"name": "proxy"}
+    assert config.id.forward_originating is True
 
 
 def test_environment_null_unsets_an_optional_field(tmp_path: Path) -> None:

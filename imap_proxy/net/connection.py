@@ -44,6 +44,8 @@ from imap_proxy.config import ProxyConfig, UpstreamSecurity
 from imap_proxy.net.limits import DEFAULT_HIGH_WATER, QueuedWriter
 from imap_proxy.net.upstream import Dialer, UpstreamUnavailable, describe_failure
 from imap_proxy.observe.logging import get_logger, user_label
+from imap_proxy.quirks.model import RuleSet
+from imap_proxy.quirks.store import QuirkSnapshot, RuleStore
 from imap_proxy.session import events as ev
 from imap_proxy.session.settings import PeerInfo, SessionSettings
 from imap_proxy.wire.framer import FrameLimits
@@ -138,11 +140,15 @@ def new_connection_id() -> str:
 
 
 def session_settings(
-    config: ProxyConfig, *, listener: str, peer: PeerInfo, starttls_available: bool
+    config: ProxyConfig,
+    *,
+    listener: str,
+    peer: PeerInfo,
+    starttls_available: bool,
+    quirks: QuirkSnapshot | None = None,
 ) -> SessionSettings:
     """What the sans-IO session needs to know, from the configuration and this connection."""
     limits = config.limits
-    answer = config.id.answer
     client_tls = listener == LISTENER_TLS
     return SessionSettings(
         client_limits=FrameLimits(limits.client_max_line, limits.client_max_literal),
@@ -152,9 +158,10 @@ def session_settings(
         require_tls=config.require_tls,
         upstream_starttls=config.upstream.security is UpstreamSecurity.STARTTLS,
         forward_originating=config.id.forward_originating,
-        id_answer=None if answer is None else tuple(answer.items()),
         capture_literal_max=limits.capture_literal_max,
         peer=peer,
+        rules=quirks.rules if quirks is not None else RuleSet.empty(),
+        fingerprints=quirks.fingerprints if quirks is not None else None,
     )
 
 
@@ -188,10 +195,14 @@ class ClientConnection:
         observer: Observer | None = None,
         connection_id: str | None = None,
         high_water: int = DEFAULT_HIGH_WATER,
+        proxied_by: str | None = None,
+        rules: RuleStore | None = None,
     ) -> None:
         self.connection_id = connection_id or new_connection_id()
+        self._rules = rules  # each session starts with the store's current snapshot
         self.listener = listener
-        self.peer = peer
+        self.peer = peer  # the real client: from a PROXY header when one was accepted
+        self.proxied_by = proxied_by  # the load balancer that sent that header
         self.stats = ConnectionStats()
         self.outcome: str | None = None
         self._config = config
@@ -232,7 +243,10 @@ class ClientConnection:
     async def run(self) -> None:
         self._opened_at = self._last_activity = trio.current_time()
         address, port = self.peer
-        self._log.info("connection opened", peer=address, peer_port=port, listener=self.listener)
+        via = {} if self.proxied_by is None else {"proxied_by": self.proxied_by}
+        self._log.info(
+            "connection opened", peer=address, peer_port=port, listener=self.listener, **via
+        )
         self._notify(ConnectionOpened(self.connection_id, self.listener, address, port))
         try:
             await self._run()
@@ -264,6 +278,7 @@ class ClientConnection:
             listener=self.listener,
             peer=PeerInfo(address, port, self.listener, self.connection_id),
             starttls_available=self._server_ssl is not None,
+            quirks=self._rules.current if self._rules is not None else None,
         )
         session = self._session_factory(settings)
         self._session = session

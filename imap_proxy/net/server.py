@@ -12,6 +12,26 @@ connection over a limit is answered `* BYE [UNAVAILABLE] Too many connections` (
 the TLS handshake on an implicit-TLS listener, so the client can read it) and closed at
 once, without dialling the upstream.
 
+PROXY protocol (`proxy_protocol.trusted` set): each accepted connection first goes through
+`ProxyProtocolPolicy.admit()` in its own task (so a slow header never holds up the accept
+loop); a refused one is logged with the reason and closed without a greeting, an admitted
+one is counted against the limits under its real client address. With
+`proxy_protocol.send_upstream`, each connection dials through a `ProxyHeaderDialer`, which
+tells the upstream that address in a v2 header.
+
+Reload (SIGHUP in the main thread, or `ServerHandle.reload()`): every callable in
+`ServerHandle.reloaders` runs in turn; one that raises is logged and leaves its previous
+state in place. The server registers the TLS certificate reload: it builds a new server
+SSL context from `tls.cert`/`tls.key` for connections accepted from then on (sessions
+already open keep theirs); an unusable certificate is refused and the old one stays.
+
+Metrics (`metrics_listen` set, or a `Metrics` passed in): the `Metrics` observes every
+connection next to the caller's observer, wraps the dialer to count upstream connects,
+and counts refusals; each connection task runs under `current_connection` so that the
+session observations of different connections can be told apart. `metrics_listen` also
+serves /metrics, /healthz and /readyz (observe/http.py: checks in `ready_checks`, the
+upstream probe and "draining" among them) from the connections nursery, until the end.
+
 Drain (SIGTERM when running in the main thread, or `ServerHandle.drain()`): stop
 accepting and close the listeners, call `shutdown()` on every connection (the session
 says BYE at once to idle clients, after the command in flight to busy ones), wait until
@@ -26,6 +46,7 @@ import contextlib
 import signal
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -42,14 +63,25 @@ from imap_proxy.net.connection import (
     new_connection_id,
 )
 from imap_proxy.net.limits import ConnectionLimiter
+from imap_proxy.net.proxy_protocol import (
+    ProxyHeaderDialer,
+    ProxyHeaderRefused,
+    ProxyProtocolPolicy,
+)
 from imap_proxy.net.tls import server_ssl_context
 from imap_proxy.net.upstream import Dialer, UpstreamDialer
+from imap_proxy.observe.http import ReadyCheck, serve_proxy_observability
 from imap_proxy.observe.logging import get_logger
+from imap_proxy.observe.metrics import Metrics, current_connection, fan_out
+from imap_proxy.quirks.model import RuleLoadError
+from imap_proxy.quirks.store import RuleStore
 
 TOO_MANY_CONNECTIONS = b"* BYE [UNAVAILABLE] Too many connections\r\n"
 REJECT_TIMEOUT = 5.0
 
 _log = get_logger("imap_proxy.net")
+
+Reloader = Callable[[], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +97,16 @@ class ServerHandle:
     def __init__(self, addresses: list[BoundAddress]) -> None:
         self.bound = addresses
         self.connections: set[ClientConnection] = set()
+        # Run in order by reload() (SIGHUP); each raises to say it kept its old state.
+        self.reloaders: list[Reloader] = []
+        self.rules: RuleStore | None = None
         self._drain_requested = trio.Event()
         self._connection_ended = trio.Event()
         self._stopped = trio.Event()
+        self.metrics: Metrics | None = None  # e.g. metrics.record_rule_reload(ok)
+        self.metrics_port: int | None = None  # the /metrics listener, when one runs
+        # What /readyz checks; each returns None when fine, else a reason (observe/http.py).
+        self.ready_checks: list[ReadyCheck] = []
 
     @property
     def addresses(self) -> list[tuple[str, str, int]]:
@@ -93,6 +132,20 @@ class ServerHandle:
         """Stop accepting, ask every session to say BYE, and let `serve()` return."""
         self._drain_requested.set()
 
+    def reload(self) -> bool:
+        """Run every reloader; False if any failed (each failure is logged, nothing stops)."""
+        succeeded = True
+        for reloader in list(self.reloaders):
+            what = getattr(reloader, "__name__", repr(reloader))
+            try:
+                reloader()
+            except Exception as exc:
+                succeeded = False
+                _log.error("reload failed; the previous state stays", what=what, error=str(exc))
+            else:
+                _log.info("reloaded", what=what)
+        return succeeded
+
     async def wait_stopped(self) -> None:
         """Return once `serve()` has finished (listeners closed, connections gone)."""
         await self._stopped.wait()
@@ -117,9 +170,9 @@ class _ListenerGroup:
     listeners: list[trio.SocketListener]
 
 
-def _peer_of(stream: trio.SocketStream) -> tuple[str, int]:
+def _peer_of(stream: trio.SocketStream, *, local: bool = False) -> tuple[str, int]:
     try:
-        name = stream.socket.getpeername()
+        name = stream.socket.getsockname() if local else stream.socket.getpeername()
     except OSError:
         return ("unknown", 0)
     if isinstance(name, tuple) and len(name) >= 2:
@@ -133,17 +186,30 @@ class _Server:
         config: ProxyConfig,
         handle: ServerHandle,
         *,
-        dialer: Dialer,
+        dialer: Dialer | None,
         server_ssl: ssl.SSLContext | None,
         session_factory: SessionFactory,
         observer: Observer | None,
     ) -> None:
         self.config = config
         self.handle = handle
-        self.dialer = dialer
         self.server_ssl = server_ssl
+        self.proxy_protocol = ProxyProtocolPolicy(config.proxy_protocol)
+        # A caller's own dialer (tests) is used as it is; only ours sends PROXY headers.
+        self.dialer: Dialer
+        if dialer is None:
+            default_dialer = UpstreamDialer(config.upstream)
+            self.dialer = default_dialer
+            self.upstream_ssl = default_dialer.ssl_context
+            self.send_proxy_header = self.proxy_protocol.send_upstream
+        else:
+            self.dialer = dialer
+            self.upstream_ssl = None
+            self.send_proxy_header = False
         self.session_factory = session_factory
         self.observer = observer
+        self.metrics: Metrics | None = None
+        self.rules: RuleStore | None = None
         limits = config.limits
         self.limiter = ConnectionLimiter(limits.max_connections, limits.max_connections_per_ip)
 
@@ -158,23 +224,87 @@ class _Server:
                 await trio.sleep(0.1)
                 continue
             peer = _peer_of(stream)
-            if not self.limiter.try_acquire(peer[0]):
-                connections.start_soon(self.reject, stream, name, peer)
-                continue
-            connection = ClientConnection(
-                stream,
-                config=self.config,
-                dialer=self.dialer,
+            local = _peer_of(stream, local=True)
+            if self.proxy_protocol.enabled:
+                connections.start_soon(self.admit_proxied, stream, name, peer, local, connections)
+            else:
+                self.start_connection(stream, name, peer, local, connections)
+
+    def start_connection(
+        self,
+        stream: trio.abc.Stream,
+        name: str,
+        peer: tuple[str, int],
+        local: tuple[str, int],
+        connections: trio.Nursery,
+        *,
+        proxied_by: str | None = None,
+    ) -> None:
+        """Admit (or refuse, over a limit) one connection and run it in `connections`."""
+        if not self.limiter.try_acquire(peer[0]):
+            connections.start_soon(self.reject, stream, name, peer)
+            return
+        connection = ClientConnection(
+            stream,
+            config=self.config,
+            dialer=self.instrumented(self.dialer_for(peer, local)),
+            listener=name,
+            peer=peer,
+            server_ssl=self.server_ssl,
+            session_factory=self.session_factory,
+            observer=self.observer,
+            proxied_by=proxied_by,
+            rules=self.rules,
+        )
+        self.handle._add(connection)
+        connections.start_soon(self.run_connection, connection)
+
+    def instrumented(self, dialer: Dialer) -> Dialer:
+        """With metrics, a dialer that counts and times the upstream connects."""
+        return dialer if self.metrics is None else self.metrics.instrument(dialer)
+
+    def dialer_for(self, peer: tuple[str, int], local: tuple[str, int]) -> Dialer:
+        if not self.send_proxy_header:
+            return self.dialer
+        return ProxyHeaderDialer(
+            self.config.upstream, self.upstream_ssl, source=peer, destination=local
+        )
+
+    async def admit_proxied(
+        self,
+        stream: trio.SocketStream,
+        name: str,
+        peer: tuple[str, int],
+        local: tuple[str, int],
+        connections: trio.Nursery,
+    ) -> None:
+        """Read the PROXY header, then start the connection under the real client address."""
+        try:
+            admitted = await self.proxy_protocol.admit(stream, peer, local)
+        except ProxyHeaderRefused as refused:
+            _log.warning(
+                "connection refused: PROXY protocol",
+                connection_id=new_connection_id(),
                 listener=name,
-                peer=peer,
-                server_ssl=self.server_ssl,
-                session_factory=self.session_factory,
-                observer=self.observer,
+                peer=peer[0],
+                peer_port=peer[1],
+                reason=refused.reason,
             )
-            self.handle._add(connection)
-            connections.start_soon(self.run_connection, connection)
+            if self.metrics is not None:
+                self.metrics.connection_rejected(name, "proxy_protocol")
+            await trio.aclose_forcefully(stream)
+            return
+        self.start_connection(
+            admitted.stream, name, admitted.peer, admitted.local, connections, proxied_by=peer[0]
+        )
+
+    def reload_tls_certificate(self) -> None:
+        """New connections get a context with the certificate files as they are now."""
+        self.server_ssl = server_ssl_context(self.config.tls)
 
     async def run_connection(self, connection: ClientConnection) -> None:
+        # The connection's tasks inherit this: metrics tell its observations apart by it.
+        current_connection.set(connection.connection_id)
         try:
             if self.handle.draining:
                 connection.shutdown()
@@ -185,7 +315,7 @@ class _Server:
             self.limiter.release(connection.peer[0])
             self.handle._remove(connection)
 
-    async def reject(self, stream: trio.SocketStream, name: str, peer: tuple[str, int]) -> None:
+    async def reject(self, stream: trio.abc.Stream, name: str, peer: tuple[str, int]) -> None:
         """Over a limit: one BYE line, then close, without touching the upstream."""
         _log.warning(
             "connection refused: too many connections",
@@ -195,6 +325,10 @@ class _Server:
             total=self.limiter.total,
             from_peer=self.limiter.count_for(peer[0]),
         )
+        if self.metrics is not None:
+            over_total = self.limiter.total >= self.limiter.max_total
+            limit = "max_connections" if over_total else "max_connections_per_ip"
+            self.metrics.connection_rejected(name, limit, limit=limit)
         out: trio.abc.Stream = stream
         with trio.move_on_after(REJECT_TIMEOUT):
             try:
@@ -228,15 +362,37 @@ def _bound_addresses(groups: list[_ListenerGroup]) -> list[BoundAddress]:
     return bound
 
 
-async def _drain_on_sigterm(
+async def _handle_signals(
     handle: ServerHandle, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+    """SIGHUP reloads (as often as it comes); SIGTERM drains (once)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
         task_status.started()
-        async for _ in signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                _log.info("SIGHUP received: reloading")
+                handle.reload()
+                continue
             _log.info("SIGTERM received: draining")
             handle.drain()
             return
+
+
+def _rule_reloader(store: RuleStore) -> Reloader:
+    def reload_rules() -> None:
+        try:
+            snapshot = store.reload()
+        except RuleLoadError as error:
+            _log.error("rules not reloaded; the previous set stays active", problems=error.problems)
+            raise
+        _log.info(
+            "rules reloaded",
+            rules=len(snapshot.rules.rules),
+            enabled=len(snapshot.rules.enabled),
+            generation=store.generation,
+        )
+
+    return reload_rules
 
 
 async def serve(
@@ -246,29 +402,56 @@ async def serve(
     dialer: Dialer | None = None,
     session_factory: SessionFactory = default_session_factory,
     observer: Observer | None = None,
+    metrics: Metrics | None = None,
+    rules: RuleStore | None = None,
 ) -> None:
-    """Run the proxy until drained (SIGTERM or `ServerHandle.drain()`)."""
+    """Run the proxy until drained (SIGTERM or `ServerHandle.drain()`).
+
+    Quirk rules come from `rules`, or are loaded from `config.rules` (the packaged rules
+    when unset); an invalid rule set stops the start with RuleLoadError. SIGHUP (and
+    `handle.reload()`) loads them again; new sessions get the new set.
+
+    With `metrics_listen` configured (or `metrics` given), a `Metrics` observes every
+    connection and upstream connect; `metrics_listen` also serves /metrics, /healthz and
+    /readyz (observe/http.py) until the connections are gone.
+    """
     server_ssl = server_ssl_context(config.tls) if config.tls.configured else None
     groups = await _open_listeners(config)
     handle = ServerHandle(_bound_addresses(groups))
     server = _Server(
         config,
         handle,
-        dialer=dialer or UpstreamDialer(config.upstream),
+        dialer=dialer,
         server_ssl=server_ssl,
         session_factory=session_factory,
         observer=observer,
     )
+    store = rules if rules is not None else RuleStore.load(config.rules)
+    server.rules = handle.rules = store
+    handle.reloaders.append(_rule_reloader(store))
+    if server_ssl is not None:
+        handle.reloaders.append(server.reload_tls_certificate)
+    if metrics is None and config.metrics_listen is not None:
+        metrics = Metrics()
+    if metrics is not None:
+        server.metrics = handle.metrics = metrics
+        server.observer = fan_out(observer, metrics.observe)
+        metrics.track_live_connections(lambda: handle.connections)
+    handle.ready_checks.append(lambda: "draining" if handle.draining else None)
     for bound in handle.bound:
         _log.info("listening", listener=bound.listener, address=bound.host, port=bound.port)
     try:
         async with trio.open_nursery() as connections:
+            if config.metrics_listen is not None and metrics is not None:
+                handle.metrics_port = await connections.start(
+                    serve_proxy_observability, config, metrics, handle.ready_checks
+                )
             async with trio.open_nursery() as accepting:
                 for group in groups:
                     for listener in group.listeners:
                         accepting.start_soon(server.accept_loop, listener, group.name, connections)
                 if threading.current_thread() is threading.main_thread():
-                    await accepting.start(_drain_on_sigterm, handle)
+                    await accepting.start(_handle_signals, handle)
                 task_status.started(handle)
                 await handle._drain_requested.wait()
                 accepting.cancel_scope.cancel()

@@ -1,14 +1,16 @@
-"""The capability contract: what clients are told the server can do.
+"""The capability contract's core: what a parsing proxy can relay, and what it adds.
 
-How this works: clients see (upstream AND what the proxy can relay) OR (what it emulates).
-`client_capabilities()` computes that list from the upstream's; `rewrite_capability_line()`
-puts it into any line that carries capabilities - a greeting or tagged status with a
+How this works: clients see the upstream's capabilities minus what the proxy cannot relay,
+plus what the proxy itself implements; quirk rules then shape the list further (the
+shipped `keep-imap4rev1` and `answer-id-in-every-state` rules put IMAP4rev1 first and add
+ID). `client_capabilities()` computes the core list; `rewrite_capability_line()` puts the
+final list into any line that carries capabilities - a greeting or tagged status with a
 `[CAPABILITY …]` code, or `* CAPABILITY` data - touching nothing else in the line, so the
-greeting text and response text reach the client byte for byte. Always IMAP4rev1; never
-IMAP4rev2 (not every rev2 feature is backed); COMPRESS=* and SCRAM-*-PLUS are dropped (a
-proxy that parses cannot relay a compressed stream, and channel binding cannot cross a
-TLS-terminating proxy); STARTTLS only where the client listener can do it; LITERAL+ and ID
-are always offered because the proxy implements both whatever the upstream has.
+greeting text and response text reach the client byte for byte. Dropped always: IMAP4rev2
+(not every rev2 feature is backed), COMPRESS=* (a parsing proxy cannot relay a compressed
+stream) and SCRAM-*-PLUS (channel binding cannot cross a TLS-terminating proxy). STARTTLS
+is the client listener's to offer; LITERAL+ is always offered, since the proxy converts
+non-synchronizing literals for upstreams without it.
 """
 
 from __future__ import annotations
@@ -21,9 +23,7 @@ _CODE = re.compile(rb"\[CAPABILITY( [^\]\r\n]*)?\]", re.IGNORECASE)
 _DATA = re.compile(rb"^\* CAPABILITY(?: ([^\r\n]*))?(\r?\n)\Z", re.IGNORECASE)
 
 # Handled by the proxy itself; the upstream's word on these never reaches the client.
-_PROXY_OWNED = frozenset(
-    {"IMAP4REV1", "IMAP4REV2", "STARTTLS", "LOGINDISABLED", "LITERAL+", "LITERAL-", "ID"}
-)
+_PROXY_OWNED = frozenset({"IMAP4REV2", "STARTTLS", "LOGINDISABLED", "LITERAL+", "LITERAL-"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,18 +50,20 @@ def client_capabilities(upstream: Iterable[str], transport: ClientTransport) -> 
     """The capability list the client sees, in the upstream's order where it has one."""
     upstream = list(upstream)
     upstream_upper = {cap.upper() for cap in upstream}
-    caps = ["IMAP4rev1"]
-    if transport.starttls_available and not transport.tls_active:
-        caps.append("STARTTLS")
+    caps: list[str] = []
     for cap in upstream:
         if not _relayable(cap):
             continue
         if transport.login_disabled and cap.upper().startswith("AUTH="):
             continue
         caps.append(cap)
+    if transport.starttls_available and not transport.tls_active:
+        # Conventionally right after the version word(s).
+        at = 1 if caps and caps[0].upper().startswith("IMAP4") else 0
+        caps.insert(at, "STARTTLS")
     if transport.login_disabled or "LOGINDISABLED" in upstream_upper:
         caps.append("LOGINDISABLED")
-    caps += ["LITERAL+", "ID"]
+    caps.append("LITERAL+")
     return caps
 
 

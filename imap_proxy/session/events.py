@@ -100,6 +100,23 @@ class PlaintextDiscarded:
     octets: int
 
 
+@dataclass(frozen=True, slots=True)
+class ClientIdentified:
+    """The fingerprint settled on (or refined) a client profile. `family` is a bounded label."""
+
+    family: str
+    version: str | None
+    confidence: float
+
+
+@dataclass(frozen=True, slots=True)
+class RuleApplied:
+    """A quirk rule's action changed what one side sees."""
+
+    rule_id: str
+    action: str
+
+
 Action = SendToClient | SendToUpstream | StartClientTLS | StartUpstreamTLS | Close
 Observation = (
     UpstreamReady
@@ -108,5 +125,7 @@ Observation = (
     | Authenticated
     | ProtocolViolation
     | PlaintextDiscarded
+    | ClientIdentified
+    | RuleApplied
 )
 Event = Action | Observation

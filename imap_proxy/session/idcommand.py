@@ -6,14 +6,14 @@ trusted proxies - which the proxy is. A client could therefore spoof its address
 the proxy, so these fields are always removed from the client's ID; when
 `forward_originating` is set the proxy adds its own, in Dovecot's format. An ID that
 needs no change goes upstream as its original bytes. When the upstream has no ID the
-proxy answers itself: the ID never makes the proxy refuse service (RFC 2971 §3).
+`answer-id-in-every-state` rule answers it (quirks/actions/capabilities.py).
 """
 
 from __future__ import annotations
 
 from imap_proxy.session.settings import SessionSettings
 from imap_proxy.wire.command import Command, parse_id_params
-from imap_proxy.wire.encode import encode_command, encode_id_response
+from imap_proxy.wire.encode import encode_command
 from imap_proxy.wire.errors import ProtocolError
 from imap_proxy.wire.message import Message
 from imap_proxy.wire.syntax import Nil, ParenList, Quoted, Value
@@ -61,10 +61,3 @@ def rewrite_id_command(
             items.append(Nil() if value is None else Quoted(value))
         argument = ParenList(tuple(items))
     return encode_command(command.tag, "ID", [argument])
-
-
-def id_reply(answer: tuple[tuple[str, str], ...] | None) -> bytes:
-    """The untagged `* ID …` the proxy sends when the upstream has no ID."""
-    if answer is None:
-        return encode_id_response(None)
-    return encode_id_response([(k.encode(), v.encode()) for k, v in answer])

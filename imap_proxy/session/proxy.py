@@ -31,13 +31,13 @@ without LITERAL+, and a refused literal be dropped rather than taken for command
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from imap_proxy.quirks.actions import LocalAnswer
 from imap_proxy.session import events as ev
+from imap_proxy.session.auth import login_user, sasl_user
 from imap_proxy.session.capabilities import (
     ClientTransport,
     capabilities_in_line,
@@ -45,15 +45,16 @@ from imap_proxy.session.capabilities import (
     has_capability,
     rewrite_capability_line,
 )
-from imap_proxy.session.idcommand import id_reply, rewrite_id_command
+from imap_proxy.session.idcommand import rewrite_id_command
+from imap_proxy.session.rulehooks import RuleHooks, untagged_kind
 from imap_proxy.session.settings import SessionSettings
 from imap_proxy.session.state import AUTH_COMMANDS, ProtocolState, next_state
 from imap_proxy.session.tracker import CommandTracker, InFlight
-from imap_proxy.wire.command import parse_command, peek_command
+from imap_proxy.wire.command import parse_command, parse_id_params, peek_command
+from imap_proxy.wire.encode import encode_command
 from imap_proxy.wire.errors import ProtocolError, Side
 from imap_proxy.wire.framer import NEED_DATA, FrameEvent, Framer, LinePart, LiteralData
 from imap_proxy.wire.message import Message
-from imap_proxy.wire.syntax import astring_bytes
 
 
 class _Phase(enum.Enum):
@@ -105,7 +106,25 @@ class _ClientMessage:
         return Message(tuple(self.lines), tuple(self.literals))
 
 
+@dataclass(slots=True)
+class _HeldResponse:
+    lines: list[bytes]
+    literals: list[bytes] = field(default_factory=list)
+    literal: bytearray = field(default_factory=bytearray)  # the literal being received
+
+    def message(self) -> Message:
+        return Message(tuple(self.lines), tuple(self.literals))
+
+    def so_far(self) -> bytes:
+        out = bytearray()
+        for index, line in enumerate(self.lines):
+            out += line
+            out += self.literals[index] if index < len(self.literals) else self.literal
+        return bytes(out)
+
+
 _Completion = Callable[[bytes, list[bytes]], None]
+_MAILBOX_SWITCHES = frozenset({"SELECT", "EXAMINE", "CLOSE", "UNSELECT"})
 _BAD_STARTTLS_NOT_OFFERED = b"BAD STARTTLS is not available on this connection"
 _PRIVACY_REQUIRED = b"NO [PRIVACYREQUIRED] Log in only over TLS: use STARTTLS or the TLS port"
 
@@ -114,7 +133,7 @@ class ProxySession:
     def __init__(self, settings: SessionSettings) -> None:
         self.settings = settings
         self.state = ProtocolState.NOT_AUTHENTICATED
-        self.upstream_capabilities: list[str] = []
+        self.hooks = RuleHooks(settings)
         self.user: str | None = None
         self._client = Framer(Side.CLIENT, settings.client_limits)
         self._upstream = Framer(Side.UPSTREAM, settings.upstream_limits)
@@ -139,8 +158,17 @@ class ProxySession:
         self._deferred_client: list[bytes] = []
         self._draining = False
         self._upstream_bye = False
+        self._up_held: _HeldResponse | None = None  # an untagged response a rule wants whole
 
     # ----------------------------------------------------------------- properties
+
+    @property
+    def upstream_capabilities(self) -> list[str]:
+        return self.hooks.view.upstream_capabilities
+
+    @upstream_capabilities.setter
+    def upstream_capabilities(self, caps: list[str]) -> None:
+        self.hooks.upstream_changed(caps)
 
     @property
     def client_paused(self) -> bool:
@@ -178,7 +206,11 @@ class ProxySession:
             and self.state is ProtocolState.NOT_AUTHENTICATED,
             require_tls=self.settings.require_tls,
         )
-        return client_capabilities(self.upstream_capabilities, transport)
+        caps, applied = self.hooks.capabilities(
+            client_capabilities(self.upstream_capabilities, transport)
+        )
+        self._out += applied
+        return caps
 
     # ------------------------------------------------------------------ inputs
 
@@ -226,7 +258,7 @@ class ProxySession:
 
     def shutdown(self) -> list[ev.Event]:
         self._draining = True
-        if self._phase is not _Phase.RELAYING:
+        if self._phase is not _Phase.RELAYING or self._role is _Role.IDLE_DONE:
             self._bye(b"[UNAVAILABLE] Server shutting down", "shutdown")
         else:
             self._drain_if_quiet()
@@ -305,6 +337,9 @@ class ProxySession:
     # ------------------------------------------------------- upstream → client
 
     def _upstream_event(self, event: FrameEvent) -> None:
+        if self._up_held is not None:
+            self._held_response_event(event)
+            return
         if isinstance(event, LiteralData):
             if self._relaying_response:
                 self._out.append(ev.SendToClient(event.data))
@@ -370,12 +405,61 @@ class ProxySession:
             return
         if line[2:6].upper() == b"BYE ":
             self._upstream_bye = True
+        if self.hooks.rules.active:
+            kind = untagged_kind(line)
+            held = self.hooks.hold(kind, line, self._tracker.client_names())
+            if held is not None:
+                self._out += held
+                return
+            released = self.hooks.release_before_untagged(kind)
+            if released:
+                self._out.append(ev.SendToClient(released))
+            if self.hooks.wants_response(kind):
+                if part.literal is not None:
+                    self._hold_response(part)
+                    return
+                line, applied = self.hooks.rewrite_response(line)
+                self._out += applied
         if part.literal is None:
             caps = capabilities_in_line(line)
             if caps is not None:
                 self.upstream_capabilities = caps
                 line = rewrite_capability_line(line, self.client_capabilities())
         self._relay_line(part, line)
+
+    def _hold_response(self, part: LinePart) -> None:
+        """Keep a multi-part untagged response until it is complete, for the rules."""
+        held = _HeldResponse([part.raw])
+        self._up_held = held
+        if part.literal is not None and part.literal.size == 0:
+            held.literals.append(b"")
+
+    def _held_response_event(self, event: FrameEvent) -> None:
+        held = self._up_held
+        assert held is not None
+        if isinstance(event, LiteralData):
+            held.literal += event.data
+            if len(held.literal) > self.settings.capture_literal_max:
+                # Too large to rewrite: relay what was kept and stream the rest unchanged.
+                self._up_held = None
+                self._out.append(ev.SendToClient(held.so_far()))
+                self._client_open = True
+            elif event.remaining == 0:
+                held.literals.append(bytes(held.literal))
+                held.literal.clear()
+            return
+        assert isinstance(event, LinePart)
+        held.lines.append(event.raw)
+        if event.literal is not None:
+            if event.literal.size == 0:
+                held.literals.append(b"")
+            return
+        self._up_held = None
+        self._up_continues = False
+        data, applied = self.hooks.rewrite_message(held.message())
+        self._out += applied
+        self._out.append(ev.SendToClient(data))
+        self._end_client_message()
 
     def _continuation(self, line: bytes) -> None:
         awaited, self._await = self._await, _Await.NOTHING
@@ -403,17 +487,23 @@ class ProxySession:
         # The state moves first: a LOGIN's [CAPABILITY] code lists post-login capabilities.
         before = self.state
         self.state = next_state(before, command.name, status)
+        logged_in = command.name in AUTH_COMMANDS and before is ProtocolState.NOT_AUTHENTICATED
+        if logged_in and self.state is ProtocolState.AUTHENTICATED:
+            self._out += self.hooks.authenticated()
         line = part.raw
         if part.literal is None:
             caps = capabilities_in_line(line)
             if caps is not None:
                 self.upstream_capabilities = caps
                 line = rewrite_capability_line(line, self.client_capabilities())
+        released = self.hooks.release_before_completion(command.name)
+        if released:
+            self._out.append(ev.SendToClient(released))
         self._relay_line(part, line)
         self._out.append(
             ev.CommandCompleted(command.tag.decode("ascii", "replace"), command.name, status)
         )
-        if command.name in AUTH_COMMANDS and before is ProtocolState.NOT_AUTHENTICATED:
+        if logged_in:
             if self.state is ProtocolState.AUTHENTICATED:
                 mechanism = "LOGIN" if command.name == "LOGIN" else self._sasl_mechanism
                 self._out.append(ev.Authenticated(self.user, mechanism))
@@ -472,6 +562,7 @@ class ProxySession:
             self._close("upstream-refused")
             return
         self._greeting = line
+        self.hooks.view.greeting = line
         if word == b"PREAUTH":
             self.state = ProtocolState.AUTHENTICATED
         caps = capabilities_in_line(line)
@@ -555,7 +646,7 @@ class ProxySession:
 
     def _sasl_response(self, line: bytes) -> None:
         if self.user is None and self._sasl_mechanism:
-            self.user = _sasl_user(self._sasl_mechanism, line.strip())
+            self.user = sasl_user(self._sasl_mechanism, line.strip())
         self._role = _Role.COMMAND
         self._await = _Await.SASL
         self._out.append(ev.SendToUpstream(line))
@@ -571,13 +662,17 @@ class ProxySession:
         msg = _ClientMessage(tag, name, _Mode.STREAM)
         self._msg = msg
         self._out.append(ev.CommandStarted(tag.decode("ascii", "replace"), name))
+        authenticated = self.state is not ProtocolState.NOT_AUTHENTICATED
+        self._out += self.hooks.command_started(tag, name, part.raw, authenticated)
+        if name in _MAILBOX_SWITCHES:
+            self.hooks.drop_held()
         if name == "STARTTLS":
             msg.mode = _Mode.DISCARD
             self._starttls(part, tag)
         elif name in AUTH_COMMANDS and self.settings.require_tls and not self._client_tls:
             msg.mode = _Mode.DISCARD
             self._answer(tag, name, _PRIVACY_REQUIRED)
-        elif name == "ID":
+        elif name == "ID" or self.hooks.wants_whole(name):
             msg.mode = _Mode.HOLD
         else:
             msg.capture = name in AUTH_COMMANDS
@@ -673,7 +768,7 @@ class ProxySession:
         self._msg = None
         self._upstream_open = False
         if msg is not None and msg.capture and msg.name == "LOGIN":
-            self.user = _login_user(msg)
+            self.user = login_user(msg.message())
         self._flush_deferred_upstream()
         self._drain_if_quiet()
 
@@ -686,7 +781,7 @@ class ProxySession:
         words = msg.lines[0].split()
         self._sasl_mechanism = words[2].decode("ascii", "replace").upper() if len(words) > 2 else ""
         if len(words) > 3 and words[3] != b"=":
-            self.user = _sasl_user(self._sasl_mechanism, words[3])
+            self.user = sasl_user(self._sasl_mechanism, words[3])
         self._expect_continuation(msg.tag, _Await.SASL)
 
     # ----------------------------------------------------- commands we handle
@@ -732,18 +827,31 @@ class ProxySession:
         except ProtocolError:
             self._answer(msg.tag, msg.name, b"BAD Invalid arguments")
             return
-        has_id = has_capability(self.upstream_capabilities, "ID")
-        if not has_id:
-            self._answer(
-                msg.tag, msg.name, b"OK ID completed", untagged=id_reply(self.settings.id_answer)
-            )
+        authenticated = self.state is not ProtocolState.NOT_AUTHENTICATED
+        if msg.name == "ID":
+            try:
+                params = parse_id_params(command)
+            except ProtocolError:
+                self._answer(msg.tag, msg.name, b"BAD Invalid ID arguments")
+                return
+            self._out += self.hooks.id_seen(params, authenticated)
+        outcome, applied = self.hooks.on_command(command)
+        self._out += applied
+        if isinstance(outcome, LocalAnswer):
+            self._answer(msg.tag, msg.name, outcome.status_text, untagged=outcome.untagged)
             return
-        rewritten = rewrite_id_command(command, message, self.settings)
-        if rewritten is None:
+        outgoing: Message | None
+        if msg.name == "ID":
+            outgoing = rewrite_id_command(outcome, message, self.settings)
+        elif outcome is command:
+            outgoing = message  # untouched: the original bytes go upstream
+        else:
+            outgoing = encode_command(outcome.tag, outcome.name, outcome.args)
+        if outgoing is None:
             self._answer(msg.tag, msg.name, b"BAD Invalid ID arguments")
             return
         self._tracker.add(InFlight(msg.tag, msg.name))
-        self._send_message(msg.tag, rewritten)
+        self._send_message(msg.tag, outgoing)
 
     def _send_message(self, tag: bytes, message: Message) -> None:
         """Send a message the proxy built, minding the upstream's literal support."""
@@ -777,32 +885,3 @@ def _status_of(line: bytes) -> bytes:
 def _non_synchronizing(line: bytes) -> bytes:
     stripped = line.rstrip(b"\r\n")
     return stripped[:-1] + b"+}" + line[len(stripped) :]
-
-
-def _login_user(msg: _ClientMessage) -> str | None:
-    try:
-        command = parse_command(msg.message())
-    except (ProtocolError, ValueError):
-        return None
-    if not command.args:
-        return None
-    user = astring_bytes(command.args[0])
-    return None if user is None else user.decode("utf-8", "replace")
-
-
-def _sasl_user(mechanism: str, response: bytes) -> str | None:
-    """The user a PLAIN or LOGIN response names; the password is never kept."""
-    try:
-        decoded = base64.b64decode(response, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    if mechanism == "PLAIN":
-        fields = decoded.split(b"\x00")
-        if len(fields) != 3:
-            return None
-        name = fields[0] or fields[1]
-    elif mechanism == "LOGIN":
-        name = decoded
-    else:
-        return None
-    return name.decode("utf-8", "replace") or None

@@ -8,8 +8,13 @@ address, TLS), into one frozen `SessionSettings`. The sans-IO core reads only th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from imap_proxy.quirks.model import RuleSet
 from imap_proxy.wire.framer import FrameLimits
+
+if TYPE_CHECKING:
+    from imap_proxy.quirks.fingerprint import FingerprintSet
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +45,12 @@ class SessionSettings:
     upstream_starttls: bool = False
     # Add x-originating-ip/-port and x-session-id to the client's ID (Dovecot's format).
     forward_originating: bool = False
-    # Fields the proxy answers ID with when the upstream has no ID (None -> `* ID NIL`).
-    id_answer: tuple[tuple[str, str], ...] | None = None
     # Literals up to this size are kept (besides being streamed) so the message can be
     # parsed; larger ones are streamed only.
     capture_literal_max: int = 8 * 1024
     peer: PeerInfo = field(default_factory=PeerInfo)
+    # The quirk rules (all of a directory; each session activates those that match) and
+    # the client fingerprint definitions (None: no fingerprinting).
+    rules: RuleSet = field(default_factory=RuleSet.empty)
+    fingerprints: FingerprintSet | None = None
+    sni: str | None = None  # the TLS server name the client asked for, if any

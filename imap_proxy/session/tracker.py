@@ -71,6 +71,10 @@ class CommandTracker:
     def client_commands(self) -> int:
         return sum(1 for queue in self._by_tag.values() for c in queue if not c.injected)
 
+    def client_names(self) -> list[str]:
+        """Names of the client's commands in flight (a few at most: no caching needed)."""
+        return [c.name for queue in self._by_tag.values() for c in queue if not c.injected]
+
     def injected(self) -> list[InFlight]:
         return [c for queue in self._by_tag.values() for c in queue if c.injected]
 

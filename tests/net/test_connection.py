@@ -396,7 +396,7 @@ def test_session_settings_from_config() -> None:
         {
             "require_tls": True,
             "upstream": {"security": "starttls"},
-            "id": {"forward_originating": True, "answer": {"name": "proxy", "version": "1"}},
+            "id": {"forward_originating": True},
             "limits": {"client_max_line": 2048, "capture_literal_max": 100},
         }
     )
@@ -405,7 +405,6 @@ def test_session_settings_from_config() -> None:
     assert settings.client_limits.max_line_length == 2048
     assert settings.starttls_available and not settings.client_tls
     assert settings.require_tls and settings.upstream_starttls and settings.forward_originating
-    assert settings.id_answer == (("name", "proxy"), ("version", "1"))
     assert settings.capture_literal_max == 100
     assert settings.peer is peer
     imaps = session_settings(config, listener=LISTENER_TLS, peer=peer, starttls_available=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from imap_proxy.session import events as ev
+from imap_proxy.session.settings import SessionSettings
 from imap_proxy.session.state import ProtocolState
 from tests.support.transcript import (
     Chunker,
@@ -79,3 +80,18 @@ def test_upstream_closing_after_logout_closes_quietly() -> None:
     assert result.session is not None
     events = result.session.upstream_closed()
     assert events == [ev.Close("logout")]
+
+
+def test_with_no_rules_the_relayed_bytes_are_the_upstream_bytes() -> None:
+    """An empty rule set: only the core contract (no ID added); everything else identical."""
+    steps = load("rfc3501-section8.txt")
+    result = replay(steps, whole, SessionSettings())
+    want_client, want_upstream = expected_outputs(steps)
+    greeting = b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN LITERAL+ ID] IMAP4rev1 Service Ready\r\n"
+    assert want_client.startswith(greeting)
+    assert result.to_client == (
+        b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN LITERAL+] IMAP4rev1 Service Ready\r\n"
+        + want_client[len(greeting) :]
+    )
+    assert result.to_upstream == want_upstream
+    assert not result.of_type(ev.RuleApplied)

@@ -14,6 +14,7 @@ from imap_proxy.wire.errors import Side
 from imap_proxy.wire.framer import FrameLimits
 from tests.support.transcript import (
     CHUNKERS_FOR_UNIT,
+    SHIPPED_RULES,
     Chunker,
     expected_outputs,
     parse,
@@ -29,7 +30,7 @@ LEGACY_GREETING = "* OK [CAPABILITY IMAP4rev1 IDLE NAMESPACE AUTH=PLAIN] legacy 
 
 def check(text: str, chunker: Chunker | None = None, **settings: object) -> list[ev.Event]:
     steps = parse(text)
-    chosen = SessionSettings(**settings)  # type: ignore[arg-type]
+    chosen = SessionSettings(**{"rules": SHIPPED_RULES, **settings})  # type: ignore[arg-type]
     for chunks in [chunker] if chunker else CHUNKERS_FOR_UNIT:
         result = replay(steps, chunks, chosen)
         want_client, want_upstream = expected_outputs(steps)
@@ -39,7 +40,7 @@ def check(text: str, chunker: Chunker | None = None, **settings: object) -> list
 
 
 def greeted(greeting: str = MODERN_GREETING, **settings: object) -> ProxySession:
-    session = ProxySession(SessionSettings(**settings))  # type: ignore[arg-type]
+    session = ProxySession(SessionSettings(**{"rules": SHIPPED_RULES, **settings}))  # type: ignore[arg-type]
     session.receive_from_upstream(greeting.encode() + b"\r\n")
     return session
 
@@ -55,7 +56,7 @@ def test_greeting_capabilities_follow_the_contract() -> None:
     check(
         """
         s: * OK [CAPABILITY IMAP4rev1 IMAP4rev2 STARTTLS COMPRESS=DEFLATE AUTH=SCRAM-SHA-256 AUTH=SCRAM-SHA-256-PLUS LITERAL- MOVE ID] hi
-        >c: * OK [CAPABILITY IMAP4rev1 AUTH=SCRAM-SHA-256 MOVE LITERAL+ ID] hi
+        >c: * OK [CAPABILITY IMAP4rev1 AUTH=SCRAM-SHA-256 MOVE ID LITERAL+] hi
         """.replace("        ", "")
     )
 
@@ -64,14 +65,14 @@ def test_starttls_is_offered_only_where_the_listener_can() -> None:
     events = check(
         f"""
         s: {MODERN_GREETING}
-        >c: * OK [CAPABILITY IMAP4rev1 STARTTLS SASL-IR LOGIN-REFERRALS ENABLE IDLE AUTH=PLAIN LITERAL+ ID] Dovecot ready.
+        >c: * OK [CAPABILITY IMAP4rev1 STARTTLS SASL-IR LOGIN-REFERRALS ID ENABLE IDLE AUTH=PLAIN LITERAL+] Dovecot ready.
         C: a CAPABILITY
         s: * CAPABILITY IMAP4rev1 SASL-IR ID IDLE LITERAL+ STARTTLS AUTH=PLAIN
-        >c: * CAPABILITY IMAP4rev1 STARTTLS SASL-IR IDLE AUTH=PLAIN LITERAL+ ID
+        >c: * CAPABILITY IMAP4rev1 STARTTLS SASL-IR ID IDLE AUTH=PLAIN LITERAL+
         S: a OK Pre-login capabilities listed, post-login capabilities have more.
         C: b LOGIN u p
         s: b OK [CAPABILITY IMAP4rev1 SASL-IR ID IDLE MOVE] Logged in
-        >c: b OK [CAPABILITY IMAP4rev1 SASL-IR IDLE MOVE LITERAL+ ID] Logged in
+        >c: b OK [CAPABILITY IMAP4rev1 SASL-IR ID IDLE MOVE LITERAL+] Logged in
         """.replace("        ", ""),
         starttls_available=True,
     )
@@ -132,7 +133,7 @@ def test_synchronizing_literal_refused_upstream_leaves_the_client_in_command_mod
     check(
         f"""
         s: {MODERN_GREETING}
-        >c: * OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ENABLE IDLE AUTH=PLAIN LITERAL+ ID] Dovecot ready.
+        >c: * OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE AUTH=PLAIN LITERAL+] Dovecot ready.
         C: a APPEND INBOX {{99999}}
         S: a NO [TOOBIG] Mail too large
         C: b NOOP
@@ -164,7 +165,7 @@ def test_idle_relays_continuation_data_and_done() -> None:
     events = check(
         f"""
         s: {MODERN_GREETING}
-        >c: * OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ENABLE IDLE AUTH=PLAIN LITERAL+ ID] Dovecot ready.
+        >c: * OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE AUTH=PLAIN LITERAL+] Dovecot ready.
         C: a IDLE
         S: + idling
         S: * 4 EXISTS
@@ -271,7 +272,7 @@ def test_starttls_refused_where_not_offered() -> None:
     check(
         f"""
         s: {MODERN_GREETING}
-        >c: * OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ENABLE IDLE AUTH=PLAIN LITERAL+ ID] Dovecot ready.
+        >c: * OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE AUTH=PLAIN LITERAL+] Dovecot ready.
         c: a STARTTLS
         >c: a BAD STARTTLS is not available on this connection
         """.replace("        ", "")
@@ -279,7 +280,7 @@ def test_starttls_refused_where_not_offered() -> None:
 
 
 def test_upstream_starttls_then_capabilities_before_greeting_the_client() -> None:
-    session = ProxySession(SessionSettings(upstream_starttls=True))
+    session = ProxySession(SessionSettings(upstream_starttls=True, rules=SHIPPED_RULES))
     out = session.receive_from_upstream(
         b"* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] ready\r\n"
     )
@@ -297,7 +298,7 @@ def test_upstream_starttls_then_capabilities_before_greeting_the_client() -> Non
 
 
 def test_upstream_refusing_starttls_ends_the_session() -> None:
-    session = ProxySession(SessionSettings(upstream_starttls=True))
+    session = ProxySession(SessionSettings(upstream_starttls=True, rules=SHIPPED_RULES))
     session.receive_from_upstream(b"* OK ready\r\n")
     out = session.receive_from_upstream(b"ipx1 BAD no\r\n")
     assert sent(out, ev.SendToClient).startswith(b"* BYE [UNAVAILABLE]")
@@ -325,7 +326,7 @@ def test_id_forwarded_unchanged_when_nothing_to_add() -> None:
     check(
         f"""
         s: {MODERN_GREETING}
-        >c: * OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ENABLE IDLE AUTH=PLAIN LITERAL+ ID] Dovecot ready.
+        >c: * OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE AUTH=PLAIN LITERAL+] Dovecot ready.
         C: a ID ("name" "Thunderbird" "version" "128.0")
         S: * ID ("name" "Dovecot")
         S: a OK ID completed.

@@ -5,24 +5,37 @@ How this works: `running_proxy(config)` starts `trio.run()` in a daemon thread, 
 `RunningProxy` with the bound ports. Tests then drive it with ordinary blocking clients
 (imaplib, imapclient, raw sockets). On exit the proxy is drained (or cancelled) from the
 test thread through trio's cross-thread calls, and the thread is joined.
+
+Debug logs to a file (for tests/integration/test_no_secrets_in_logs.py): with the
+environment variable IMAP_PROXY_TEST_LOG_FILE set to a path, `running_proxy` configures
+logging at debug level, as JSON lines appended to that file, before starting the proxy.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import imaplib
+import os
 import socket
 import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TextIO
 
+import structlog
 import trio
 
-from imap_proxy.config import ProxyConfig
+from imap_proxy.config import LogFormat, ProxyConfig
 from imap_proxy.net.server import ServerHandle, serve
+from imap_proxy.observe.logging import configure_logging
+
+TEST_LOG_FILE_ENV = "IMAP_PROXY_TEST_LOG_FILE"
+_test_log_streams: dict[str, TextIO] = {}
+_test_log_lock = threading.Lock()
 
 
 @dataclass
@@ -47,6 +60,10 @@ class RunningProxy:
 
     def raw(self) -> RawClient:
         return RawClient(socket.create_connection(("127.0.0.1", self.port), timeout=30))
+
+    def reload(self) -> bool:
+        """SIGHUP's work: run every reloader; False if one failed."""
+        return trio.from_thread.run_sync(self.handle.reload, trio_token=self.token)
 
     def drain(self) -> None:
         trio.from_thread.run_sync(self.handle.drain, trio_token=self.token)
@@ -99,8 +116,41 @@ class RawClient:
         self.close()
 
 
+class _FileLogger:
+    """A structlog logger appending each line to the test log file (any thread)."""
+
+    def __init__(self, stream: TextIO, name: str | None) -> None:
+        self.stream = stream
+        self.name = name
+
+    def msg(self, message: str) -> None:
+        with _test_log_lock:
+            self.stream.write(message + "\n")
+            self.stream.flush()
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+
+def log_to_test_file_if_asked() -> None:
+    """Honour IMAP_PROXY_TEST_LOG_FILE: debug logs, as JSON lines, appended to that file."""
+    path = os.environ.get(TEST_LOG_FILE_ENV)
+    if not path:
+        return
+    stream = _test_log_streams.get(path)
+    if stream is None:
+        stream = _test_log_streams[path] = open(path, "a", encoding="utf-8")  # noqa: SIM115
+        atexit.register(stream.close)
+    configure_logging(LogFormat.JSON, "debug")
+    structlog.configure(
+        logger_factory=lambda *args: _FileLogger(stream, str(args[0]) if args else None)
+    )
+
+
 @contextmanager
-def running_proxy(config: ProxyConfig) -> Iterator[RunningProxy]:
+def running_proxy(config: ProxyConfig, **serve_options: Any) -> Iterator[RunningProxy]:
+    """The real server on the config's (port 0) listeners; `serve_options` go to serve()
+    (an `observer`, a `rules` store, …)."""
+    log_to_test_file_if_asked()
     started = threading.Event()
     box: dict[str, Any] = {}
 
@@ -108,7 +158,7 @@ def running_proxy(config: ProxyConfig) -> Iterator[RunningProxy]:
         try:
             with trio.CancelScope() as scope:
                 async with trio.open_nursery() as nursery:
-                    handle = await nursery.start(serve, config)
+                    handle = await nursery.start(partial(serve, config, **serve_options))
                     box["proxy"] = RunningProxy(handle, trio.lowlevel.current_trio_token(), scope)
                     started.set()
         except BaseException as error:  # reported to the test thread below

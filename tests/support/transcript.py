@@ -25,11 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from imap_proxy.quirks.model import load_rules
 from imap_proxy.session import events as ev
 from imap_proxy.session.proxy import ProxySession
 from imap_proxy.session.settings import SessionSettings
 
 T = TypeVar("T")
+SHIPPED_RULES = load_rules()  # transcripts replay with the rules a default proxy runs
 TRANSCRIPTS = Path(__file__).parent.parent / "transcripts"
 
 Chunker = Callable[[bytes], Iterator[bytes]]
@@ -102,7 +104,7 @@ def random_chunks(seed: int) -> Chunker:
 def replay(
     steps: list[Step], chunker: Chunker = whole, settings: SessionSettings | None = None
 ) -> ReplayResult:
-    session = ProxySession(settings or SessionSettings())
+    session = ProxySession(settings or SessionSettings(rules=SHIPPED_RULES))
     result = ReplayResult(session=session)
 
     def take(events: list[ev.Event]) -> None:

@@ -1,0 +1,47 @@
+"""The action vocabulary: one class per action type of the rule file format.
+
+How this works: `build_action(rule_id, spec)` turns a validated action spec (from
+`quirks.model`) into an `Action` object holding that rule's per-session state. An action
+declares the hooks it takes part in (`commands` it wants whole, untagged `responses` it
+wants parsed) and overrides the matching methods of `Action`; the defaults change nothing.
+Adding an action type means a model in `quirks.model` and a class registered here.
+"""
+
+from __future__ import annotations
+
+from imap_proxy.quirks.actions.base import Action, LocalAnswer, Rewrite
+from imap_proxy.quirks.actions.capabilities import AnswerId, ShapeCapabilities
+from imap_proxy.quirks.actions.mailboxes import (
+    LsubNoselect,
+    LsubSpecialUse,
+    StripTrailingSeparator,
+)
+from imap_proxy.quirks.actions.untagged import HoldUntagged
+from imap_proxy.quirks.model import (
+    ActionSpec,
+    AnswerIdAction,
+    CapabilitiesAction,
+    HoldUntaggedAction,
+    LsubNoselectAction,
+    LsubSpecialUseAction,
+    StripTrailingSeparatorAction,
+)
+
+__all__ = ["Action", "LocalAnswer", "Rewrite", "build_action"]
+
+
+def build_action(rule_id: str, spec: ActionSpec) -> Action:
+    match spec:
+        case CapabilitiesAction():
+            return ShapeCapabilities(rule_id, spec)
+        case AnswerIdAction():
+            return AnswerId(rule_id, spec)
+        case StripTrailingSeparatorAction():
+            return StripTrailingSeparator(rule_id, spec)
+        case LsubNoselectAction():
+            return LsubNoselect(rule_id, spec)
+        case LsubSpecialUseAction():
+            return LsubSpecialUse(rule_id, spec)
+        case HoldUntaggedAction():
+            return HoldUntagged(rule_id, spec)
+    raise TypeError(f"no implementation for action {spec!r}")  # pragma: no cover

@@ -1,0 +1,164 @@
+"""The per-session rule engine: which rules are active, and their actions at each hook.
+
+How this works: `SessionRules` is built for one session from a `RuleSet` and a
+`SessionView` the session keeps up to date (client profile, first tag, ID fields, upstream
+capabilities and greeting, listener, and what LIST responses taught about mailboxes).
+`refresh()` re-evaluates every enabled rule's `match` against the view and keeps the
+actions of those that hold, in priority order; the session calls it whenever a fact
+changes, so a rule applies from the moment its match holds. The hooks are:
+
+* `capabilities(caps)`      - shape the capability list clients see;
+* `held_commands`           - verbs an action wants to see whole (the session holds them);
+* `on_command(cmd)`         - rewrite a command, or answer it locally;
+* `response_kinds`          - untagged kinds an action wants parsed (LIST, LSUB, …);
+* `on_response(resp)`       - rewrite an untagged response;
+* `holds()/releases_before()` - hold untagged data until a point it may be delivered.
+
+Every hook that changes something returns the (rule id, action type) pairs applied, so
+the session can record them (logs, metrics).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+
+from imap_proxy.quirks.actions import Action, LocalAnswer, Rewrite, build_action
+from imap_proxy.quirks.model import Match, Rule, RuleSet
+from imap_proxy.wire.command import Command
+from imap_proxy.wire.response import ListData, Response
+
+Applied = tuple[str, str]  # (rule id, action type)
+MAILBOX_CACHE_LIMIT = 10_000
+
+
+@dataclass
+class SessionView:
+    """Facts about one session that rules match on and actions read; the session owns it."""
+
+    listener: str = "imap"
+    family: str = "unknown"
+    confidence: float = 0.0
+    first_tag: bytes | None = None
+    id_params: list[tuple[bytes, bytes | None]] | None = None
+    upstream_capabilities: list[str] = field(default_factory=list)
+    greeting: bytes = b""
+    delimiter: bytes | None = None
+    mailbox_attributes: dict[bytes, frozenset[str]] = field(default_factory=dict)
+
+    def has_upstream(self, capability: str) -> bool:
+        wanted = capability.upper()
+        return any(cap.upper() == wanted for cap in self.upstream_capabilities)
+
+    def learn_list(self, data: ListData) -> None:
+        """Remember a LIST line: the delimiter and the mailbox's attributes."""
+        if data.kind not in ("LIST", "XLIST"):
+            return
+        if data.delimiter is not None:
+            self.delimiter = data.delimiter
+        if len(self.mailbox_attributes) < MAILBOX_CACHE_LIMIT or (
+            data.mailbox in self.mailbox_attributes
+        ):
+            self.mailbox_attributes[data.mailbox] = frozenset(a.lower() for a in data.attributes)
+
+
+def matches(match: Match, view: SessionView) -> bool:
+    if match.client_families is not None and view.family not in match.client_families:
+        return False
+    if view.confidence < match.min_confidence:
+        return False
+    if match.listeners is not None and view.listener not in match.listeners:
+        return False
+    if not all(view.has_upstream(c) for c in match.upstream_capabilities_present):
+        return False
+    if any(view.has_upstream(c) for c in match.upstream_capabilities_absent):
+        return False
+    if match.tag_pattern is not None and (
+        view.first_tag is None
+        or not re.search(match.tag_pattern, view.first_tag.decode("ascii", "replace"))
+    ):
+        return False
+    if match.upstream_greeting is not None and not re.search(
+        match.upstream_greeting, view.greeting.decode("utf-8", "replace")
+    ):
+        return False
+    return match.id_fields is None or _id_matches(match.id_fields, view.id_params)
+
+
+def _id_matches(wanted: dict[str, str], params: list[tuple[bytes, bytes | None]] | None) -> bool:
+    fields = {k.decode("utf-8", "replace").lower(): v for k, v in params or []}
+    for name, pattern in wanted.items():
+        value = fields.get(name.lower())
+        if value is None or not re.search(pattern, value.decode("utf-8", "replace")):
+            return False
+    return True
+
+
+class SessionRules:
+    def __init__(self, ruleset: RuleSet, view: SessionView) -> None:
+        self.view = view
+        self._rules: tuple[Rule, ...] = ruleset.enabled
+        self._built: dict[str, list[Action]] = {}
+        self.active: list[Action] = []
+        self.held_commands: frozenset[str] = frozenset()
+        self.response_kinds: frozenset[str] = frozenset()
+        self.refresh()
+
+    @property
+    def active_rule_ids(self) -> list[str]:
+        return list(dict.fromkeys(action.rule_id for action in self.active))
+
+    def refresh(self) -> None:
+        active: list[Action] = []
+        for rule in self._rules:
+            if matches(rule.match, self.view):
+                if rule.id not in self._built:  # actions keep per-session state
+                    self._built[rule.id] = [build_action(rule.id, spec) for spec in rule.actions]
+                active += self._built[rule.id]
+        self.active = active
+        self.held_commands = frozenset(name for a in active for name in a.commands)
+        self.response_kinds = frozenset(kind for a in active for kind in a.responses)
+
+    def capabilities(self, caps: list[str]) -> tuple[list[str], list[Applied]]:
+        applied: list[Applied] = []
+        for action in self.active:
+            shaped = action.capabilities(caps, self.view)
+            if shaped != caps:
+                applied.append((action.rule_id, action.kind))
+            caps = shaped
+        return caps, applied
+
+    def on_command(self, command: Command) -> tuple[Command | LocalAnswer, list[Applied]]:
+        """The command to send (maybe rewritten), or a local answer; and what applied."""
+        applied: list[Applied] = []
+        for action in self.active:
+            if command.name not in action.commands:
+                continue
+            outcome = action.on_command(command, self.view)
+            if isinstance(outcome, LocalAnswer):
+                return outcome, [*applied, (action.rule_id, action.kind)]
+            if isinstance(outcome, Rewrite):
+                command = outcome.command
+                applied.append((action.rule_id, action.kind))
+        return command, applied
+
+    def on_response(self, response: Response) -> tuple[Response, list[Applied]]:
+        if isinstance(response, ListData):
+            self.view.learn_list(response)
+        applied: list[Applied] = []
+        for action in self.active:
+            changed = action.on_response(response, self.view)
+            if changed is not None and changed != response:
+                response = changed
+                applied.append((action.rule_id, action.kind))
+        return response, applied
+
+    def holding_action(self, kind: str, running: Collection[str]) -> Action | None:
+        for action in self.active:
+            if action.holds(kind, running):
+                return action
+        return None
+
+    def releases_before(self, command: str) -> Sequence[Action]:
+        return [action for action in self.active if action.releases_before(command)]

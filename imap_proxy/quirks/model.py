@@ -1,0 +1,288 @@
+"""Quirk rules as data: the file format, validated by pydantic, and loading a directory.
+
+How this works: a rules directory holds YAML (or TOML) files, each with a list `rules:`.
+A rule has an `id`, a `summary`, `evidence` (the trace that makes it fire and one where
+it must not), `enabled`, `priority`, a `match` (all given conditions must hold) and
+`actions` drawn from a finite vocabulary: each action is a pydantic model told apart by
+its `type`, so every parameter is typed and an unknown one is an error. `load_rules()`
+reads every file of a directory into a `RuleSet`; any problem raises `RuleLoadError` whose
+lines name the file, the rule id and the field. `rules_json_schema()` is what
+`imap-proxy rules schema` prints.
+
+Rules keyed on ID fields (`match.id_fields`) are allowed but explicit: RFC 2971 §3 says a
+server must not work around client bugs from ID data, so that choice is the operator's,
+and no rule may make the proxy refuse service because of an ID.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+RULE_FILE_SUFFIXES = (".yaml", ".yml", ".toml")
+FINGERPRINT_FILE = "fingerprints.yaml"  # lives beside the rules; not a rule file
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_regex(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as error:
+            raise ValueError(f"invalid regular expression {value!r}: {error}") from None
+    return value
+
+
+class Match(_Strict):
+    """When a rule applies. Every condition given must hold; none given means always."""
+
+    client_families: list[str] | None = Field(
+        default=None, description="fingerprint families the rule targets (any of them)"
+    )
+    min_confidence: float = Field(default=0.0, ge=0, le=1)
+    id_fields: dict[str, str] | None = Field(
+        default=None,
+        description="ID field -> regex, all must match (explicitly ID-keyed: RFC 2971 §3)",
+    )
+    tag_pattern: str | None = Field(default=None, description="regex on the client's first tag")
+    upstream_capabilities_present: list[str] = Field(default_factory=list)
+    upstream_capabilities_absent: list[str] = Field(default_factory=list)
+    upstream_greeting: str | None = Field(default=None, description="regex on the greeting")
+    listeners: list[str] | None = None
+
+    _regex_tag = field_validator("tag_pattern", "upstream_greeting")(_check_regex)
+
+    @field_validator("id_fields")
+    @classmethod
+    def _id_regexes(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for pattern in (value or {}).values():
+            _check_regex(pattern)
+        return value
+
+
+# --- the action vocabulary -------------------------------------------------------------
+
+
+class CapabilitiesAction(_Strict):
+    """Shape the capability list clients see (greeting, [CAPABILITY] codes, CAPABILITY)."""
+
+    type: Literal["capabilities"]
+    prepend: list[str] = Field(default_factory=list, description="added first, if absent")
+    add: list[str] = Field(default_factory=list, description="added last, if absent")
+    remove: list[str] = Field(default_factory=list)
+
+
+class AnswerIdAction(_Strict):
+    """Answer ID in every state when the upstream has no ID (RFC 2971), and advertise ID."""
+
+    type: Literal["answer_id"]
+    fields: dict[str, str] | None = Field(
+        default=None, description="what to answer; none answers `* ID NIL`"
+    )
+
+
+class StripTrailingSeparatorAction(_Strict):
+    """Remove one trailing hierarchy separator from mailbox names in commands."""
+
+    type: Literal["strip_trailing_separator"]
+    separators: list[str] = Field(
+        default_factory=lambda: ["/", "."],
+        description="used until the upstream's separator is known from a LIST response",
+    )
+
+
+class LsubNoselectAction(_Strict):
+    """Add \\Noselect to LSUB lines of mailboxes LIST showed as not selectable."""
+
+    type: Literal["lsub_noselect"]
+
+
+class LsubSpecialUseAction(_Strict):
+    """Add special-use attributes (\\Trash, \\Sent, …) to LSUB lines, as LIST shows them
+    or as `folders` maps them."""
+
+    type: Literal["lsub_special_use"]
+    folders: dict[str, str] = Field(
+        default_factory=dict, description="mailbox name -> special-use attribute"
+    )
+
+
+class HoldUntaggedAction(_Strict):
+    """Hold untagged responses of the given kinds until a command of `release_on` ends."""
+
+    type: Literal["hold_untagged"]
+    kinds: list[Literal["EXISTS", "RECENT"]] = Field(
+        default_factory=lambda: ["EXISTS", "RECENT"]  # type: ignore[arg-type]
+    )
+    release_on: list[str] = Field(default_factory=lambda: ["NOOP", "CHECK"])
+    except_during: list[str] = Field(default_factory=lambda: ["SELECT", "EXAMINE"])
+
+
+ActionSpec = Annotated[
+    CapabilitiesAction
+    | AnswerIdAction
+    | StripTrailingSeparatorAction
+    | LsubNoselectAction
+    | LsubSpecialUseAction
+    | HoldUntaggedAction,
+    Field(discriminator="type"),
+]
+
+
+Upstream = Literal["modern", "legacy", "rev2only"]
+
+
+class Evidence(_Strict):
+    """Traces (in the repository's tests/rules/traces/) that show the rule at work: one
+    on which it fires and one on which it must not, each replayed through the proxy
+    against a private Dovecot of the given profile."""
+
+    fires: str = Field(description="a client trace on which the rule fires")
+    silent: str = Field(description="a trace it must not fire on (another client/upstream)")
+    upstream: Upstream = "modern"
+    silent_upstream: Upstream | None = Field(default=None, description="default: `upstream`")
+
+
+class Rule(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=64)
+    summary: str
+    evidence: Evidence
+    enabled: bool = True
+    priority: int = Field(default=100, description="lower runs first")
+    match: Match = Field(default_factory=Match)
+    actions: list[ActionSpec] = Field(min_length=1)
+    references: list[str] = Field(default_factory=list)
+
+
+class RuleFile(_Strict):
+    rules: list[Rule]
+
+
+class RuleLoadError(Exception):
+    """One or more rule files are invalid; `problems` has one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedRule:
+    rule: Rule
+    source: str  # file name, for messages
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    """Every rule of a directory, enabled or not, ordered by priority then id."""
+
+    rules: tuple[LoadedRule, ...]
+    origin: str = ""
+
+    @classmethod
+    def empty(cls) -> RuleSet:
+        return cls((), "empty")
+
+    @property
+    def enabled(self) -> tuple[Rule, ...]:
+        return tuple(loaded.rule for loaded in self.rules if loaded.rule.enabled)
+
+    def get(self, rule_id: str) -> Rule:
+        for loaded in self.rules:
+            if loaded.rule.id == rule_id:
+                return loaded.rule
+        raise KeyError(rule_id)
+
+    def only(self, rule_ids: Iterable[str]) -> RuleSet:
+        """These rules alone, enabled whatever their files say (for tests and replay)."""
+        wanted = set(rule_ids)
+        chosen = tuple(
+            LoadedRule(loaded.rule.model_copy(update={"enabled": True}), loaded.source)
+            for loaded in self.rules
+            if loaded.rule.id in wanted
+        )
+        missing = wanted - {loaded.rule.id for loaded in chosen}
+        if missing:
+            raise KeyError(", ".join(sorted(missing)))
+        return RuleSet(chosen, self.origin)
+
+
+def packaged_rules_dir() -> Path:
+    return Path(str(resources.files("imap_proxy") / "rules"))
+
+
+def _read(path: Path) -> Any:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".toml":
+        return tomllib.loads(text)
+    return yaml.safe_load(text)
+
+
+def _field_path(error_loc: tuple[int | str, ...], data: Any) -> tuple[str, str]:
+    """(rule id, dotted field path) for a pydantic error location inside a rule file."""
+    rule_id = "?"
+    if len(error_loc) >= 2 and error_loc[0] == "rules" and isinstance(error_loc[1], int):
+        try:
+            rule_id = str(data["rules"][error_loc[1]].get("id", f"#{error_loc[1] + 1}"))
+        except (KeyError, IndexError, TypeError, AttributeError):
+            rule_id = f"#{error_loc[1] + 1}"
+        error_loc = error_loc[2:]
+    return rule_id, ".".join(str(part) for part in error_loc) or "(rule)"
+
+
+def load_rule_file(path: Path) -> list[Rule]:
+    try:
+        data = _read(path)
+    except (OSError, yaml.YAMLError, tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise RuleLoadError([f"{path.name}: cannot read: {error}"]) from None
+    try:
+        return RuleFile.model_validate(data).rules
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            rule_id, where = _field_path(tuple(item["loc"]), data)
+            problems.append(f"{path.name}: rule {rule_id}: {where}: {item['msg']}")
+        raise RuleLoadError(problems) from None
+
+
+def load_rules(directory: Path | None = None) -> RuleSet:
+    """Every rule file of `directory` (the packaged rules by default), or RuleLoadError."""
+    directory = directory or packaged_rules_dir()
+    if not directory.is_dir():
+        raise RuleLoadError([f"{directory}: not a directory"])
+    loaded: list[LoadedRule] = []
+    problems: list[str] = []
+    for path in sorted(directory.iterdir()):
+        if path.suffix not in RULE_FILE_SUFFIXES or path.name == FINGERPRINT_FILE:
+            continue
+        try:
+            loaded += [LoadedRule(rule, path.name) for rule in load_rule_file(path)]
+        except RuleLoadError as error:
+            problems += error.problems
+    seen: dict[str, str] = {}
+    for item in loaded:
+        if item.rule.id in seen:
+            problems.append(
+                f"{item.source}: rule {item.rule.id}: id: also defined in {seen[item.rule.id]}"
+            )
+        seen[item.rule.id] = item.source
+    if problems:
+        raise RuleLoadError(problems)
+    loaded.sort(key=lambda item: (item.rule.priority, item.rule.id))
+    return RuleSet(tuple(loaded), str(directory))
+
+
+def rules_json_schema() -> str:
+    return json.dumps(RuleFile.model_json_schema(), indent=2, sort_keys=True)

@@ -1,0 +1,177 @@
+"""Where the session meets the quirk rules and the fingerprint.
+
+How this works: `RuleHooks` belongs to one `ProxySession`. It keeps the `SessionView`
+that rules match on (fed by the session: greeting, upstream capabilities, first tag, ID
+fields, and the client profile the `Fingerprinter` derives from every command), a
+`SessionRules` whose active set it refreshes whenever one of those facts changes, and the
+queue of untagged responses a rule holds back. Each method is one hook point of the
+session; each returns the observations to report (`ClientIdentified`, `RuleApplied`), and
+every application is also counted in `applied` for the session summary.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Collection
+from typing import TYPE_CHECKING
+
+from imap_proxy.quirks.actions import LocalAnswer
+from imap_proxy.quirks.engine import Applied, SessionRules, SessionView
+from imap_proxy.session import events as ev
+from imap_proxy.session.settings import SessionSettings
+from imap_proxy.wire.command import Command
+from imap_proxy.wire.encode import encode_response
+from imap_proxy.wire.errors import ProtocolError
+from imap_proxy.wire.message import Message
+from imap_proxy.wire.response import parse_response
+
+if TYPE_CHECKING:
+    from imap_proxy.quirks.fingerprint import ClientProfile, Fingerprinter
+
+HOLDABLE = frozenset({"EXISTS", "RECENT"})
+# Untagged data that refers to message numbers the client must know: a held EXISTS is
+# released before it (a client must never see a number it was not told exists).
+RELEASE_BEFORE_KINDS = frozenset({"EXPUNGE", "FETCH", "VANISHED"})
+
+
+def untagged_kind(line: bytes) -> str:
+    """The kind of an untagged line: `* 3 EXISTS` -> "EXISTS", `* LIST …` -> "LIST"."""
+    words = line[2:40].split(b" ", 2)
+    word = words[0]
+    if word.isdigit() and len(words) > 1:
+        word = words[1]
+    return word.rstrip(b"\r\n").upper().decode("ascii", "replace")
+
+
+class RuleHooks:
+    def __init__(self, settings: SessionSettings) -> None:
+        self.view = SessionView(listener=settings.peer.listener)
+        self.rules = SessionRules(settings.rules, self.view)
+        self.fingerprinter: Fingerprinter | None = None
+        if settings.fingerprints is not None:
+            from imap_proxy.quirks.fingerprint import Fingerprinter
+
+            self.fingerprinter = Fingerprinter(
+                settings.fingerprints, listener=settings.peer.listener, sni=settings.sni
+            )
+        self.applied: Counter[Applied] = Counter()
+        self._held: dict[str, bytes] = {}  # kind -> latest line; at most one of each
+
+    # --- facts ---------------------------------------------------------------------
+
+    def upstream_changed(self, capabilities: list[str], greeting: bytes | None = None) -> None:
+        self.view.upstream_capabilities = capabilities
+        if greeting is not None:
+            self.view.greeting = greeting
+        self.rules.refresh()
+
+    def command_started(
+        self, tag: bytes, name: str, line: bytes, authenticated: bool
+    ) -> list[ev.Event]:
+        if self.view.first_tag is None:
+            self.view.first_tag = tag
+            self.rules.refresh()
+        if self.fingerprinter is None or self.fingerprinter.settled:
+            return []
+        return self._profile(
+            self.fingerprinter.observe_command(tag, _verb(line), line, authenticated=authenticated)
+        )
+
+    def authenticated(self) -> list[ev.Event]:
+        if self.fingerprinter is None or self.fingerprinter.settled:
+            return []
+        return self._profile(self.fingerprinter.observe_authenticated())
+
+    def id_seen(
+        self, params: list[tuple[bytes, bytes | None]] | None, authenticated: bool
+    ) -> list[ev.Event]:
+        self.view.id_params = params
+        self.rules.refresh()
+        if self.fingerprinter is None:
+            return []
+        return self._profile(self.fingerprinter.observe_id(params, authenticated=authenticated))
+
+    def _profile(self, profile: ClientProfile | None) -> list[ev.Event]:
+        if profile is None:
+            return []
+        self.view.family = profile.family
+        self.view.confidence = profile.confidence
+        self.rules.refresh()
+        return [ev.ClientIdentified(profile.family, profile.version, profile.confidence)]
+
+    @property
+    def profile(self) -> ClientProfile | None:
+        return None if self.fingerprinter is None else self.fingerprinter.profile
+
+    # --- commands --------------------------------------------------------------------
+
+    def capabilities(self, caps: list[str]) -> tuple[list[str], list[ev.Event]]:
+        shaped, applied = self.rules.capabilities(caps)
+        return shaped, self._record(applied)
+
+    def wants_whole(self, name: str) -> bool:
+        return name in self.rules.held_commands
+
+    def on_command(self, command: Command) -> tuple[Command | LocalAnswer, list[ev.Event]]:
+        outcome, applied = self.rules.on_command(command)
+        return outcome, self._record(applied)
+
+    def _record(self, applied: list[Applied]) -> list[ev.Event]:
+        self.applied.update(applied)
+        return [ev.RuleApplied(rule_id, action) for rule_id, action in applied]
+
+    # --- untagged responses ---------------------------------------------------------
+
+    def wants_response(self, kind: str) -> bool:
+        return kind in self.rules.response_kinds
+
+    def rewrite_response(self, line: bytes) -> tuple[bytes, list[ev.Event]]:
+        """A one-line untagged response after the rules; unparseable lines pass unchanged."""
+        return self.rewrite_message(Message.from_line(line))
+
+    def rewrite_message(self, message: Message) -> tuple[bytes, list[ev.Event]]:
+        try:
+            response = parse_response(message)
+        except ProtocolError:
+            return message.to_bytes(), []
+        rewritten, applied = self.rules.on_response(response)
+        if not applied:
+            return message.to_bytes(), []
+        return encode_response(rewritten).to_bytes(), self._record(applied)
+
+    def hold(self, kind: str, line: bytes, running: Collection[str]) -> list[ev.Event] | None:
+        """Events if the rules hold this untagged line back; None to relay it now."""
+        if kind not in HOLDABLE:
+            return None
+        action = self.rules.holding_action(kind, running)
+        if action is None:
+            return None
+        self._held[kind] = line  # a later EXISTS/RECENT supersedes an earlier one
+        return self._record([(action.rule_id, action.kind)])
+
+    def release_before_untagged(self, kind: str) -> bytes:
+        return self.release_all() if kind in RELEASE_BEFORE_KINDS else b""
+
+    def release_before_completion(self, command: str) -> bytes:
+        if self._held and self.rules.releases_before(command):
+            return self.release_all()
+        return b""
+
+    def release_all(self) -> bytes:
+        out = b"".join(self._held.values())
+        self._held.clear()
+        return out
+
+    def drop_held(self) -> None:
+        """A new mailbox is being selected: what was held describes the old one."""
+        self._held.clear()
+
+
+def _verb(line: bytes) -> bytes:
+    """The command word(s) exactly as sent: b"uid fetch", b"LOGIN" (never the arguments)."""
+    parts = line.rstrip(b"\r\n").split(b" ", 3)
+    if len(parts) < 2:
+        return b""
+    if parts[1].upper() == b"UID" and len(parts) > 2:
+        return parts[1] + b" " + parts[2]
+    return parts[1]
