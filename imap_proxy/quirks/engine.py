@@ -103,6 +103,7 @@ class SessionRules:
         self.active: list[Action] = []
         self.held_commands: frozenset[str] = frozenset()
         self.response_kinds: frozenset[str] = frozenset()
+        self.watches_untagged = False
         self.refresh()
 
     @property
@@ -119,6 +120,10 @@ class SessionRules:
         self.active = active
         self.held_commands = frozenset(name for a in active for name in a.commands)
         self.response_kinds = frozenset(kind for a in active for kind in a.responses)
+        # Untagged lines (every FETCH response) are looked at only when an action cares.
+        self.watches_untagged = bool(self.response_kinds) or any(
+            a.holds_untagged for a in active
+        )
 
     def capabilities(self, caps: list[str]) -> tuple[list[str], list[Applied]]:
         applied: list[Applied] = []

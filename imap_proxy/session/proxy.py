@@ -405,7 +405,7 @@ class ProxySession:
             return
         if line[2:6].upper() == b"BYE ":
             self._upstream_bye = True
-        if self.hooks.rules.active:
+        if self.hooks.rules.watches_untagged:
             kind = untagged_kind(line)
             held = self.hooks.hold(kind, line, self._tracker.client_names())
             if held is not None:

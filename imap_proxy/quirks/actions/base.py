@@ -37,6 +37,7 @@ class Action:
     kind: ClassVar[str] = "action"
     commands: frozenset[str] = frozenset()
     responses: frozenset[str] = frozenset()
+    holds_untagged: ClassVar[bool] = False  # overrides holds()/releases_before()
 
     def __init__(self, rule_id: str) -> None:
         self.rule_id = rule_id

@@ -18,6 +18,7 @@ from imap_proxy.quirks.model import HoldUntaggedAction
 
 class HoldUntagged(Action):
     kind = "hold_untagged"
+    holds_untagged = True
 
     def __init__(self, rule_id: str, spec: HoldUntaggedAction) -> None:
         super().__init__(rule_id)
