@@ -10,8 +10,11 @@ the configuration (`session_settings()`), then runs five tasks in one nursery:
   not pause it, no TLS switch is pending on it, and the *other* side's writer has at most
   `high_water` octets queued (backpressure). Every batch wakes all waiters, because a
   batch from one side is what un-pauses the other;
-* two `QueuedWriter`s, the only tasks that write to each stream, so sends stay in order
-  per destination and never overlap. TLS switches (StartClientTLS / StartUpstreamTLS) are
+* two `QueuedWriter`s, which own the writing to each stream, so sends stay in order per
+  destination and never overlap. A reader queues its batch's output without waking them
+  and then flushes it itself when it is small (`QueuedWriter.flush`): a command's round
+  trip costs no task switch; bulk data and TLS steps go through the writer tasks.
+  TLS switches (StartClientTLS / StartUpstreamTLS) are
   queued on the writer of that side as steps: they run once everything queued before
   them is written, wrap the stream in `trio.SSLStream`, shake hands, and tell the session;
 * a timer, whose cancel-scope deadline follows `session.idle_deadline_kind` (pre-auth or
@@ -347,13 +350,15 @@ class ClientConnection:
 
     # ------------------------------------------------------------------ events
 
-    def _handle(self, events: list[ev.Event]) -> None:
+    def _handle(self, events: list[ev.Event], *, flush_next: bool = False) -> None:
+        """Carry out the session's events; `flush_next`: the caller awaits `_flush()` next."""
+        wake = not flush_next
         for event in events:
             match event:
                 case ev.SendToClient(data=data):
-                    self._writers[_Side.CLIENT].send(data)
+                    self._writers[_Side.CLIENT].send(data, wake=wake)
                 case ev.SendToUpstream(data=data):
-                    self._writers[_Side.UPSTREAM].send(data)
+                    self._writers[_Side.UPSTREAM].send(data, wake=wake)
                 case ev.StartClientTLS():
                     self._begin_tls_switch(_Side.CLIENT, self._client_tls_step)
                 case ev.StartUpstreamTLS():
@@ -472,17 +477,26 @@ class ClientConnection:
             if side is _Side.CLIENT:
                 self.stats.bytes_from_client += len(data)
                 self._last_activity = trio.current_time()
-                self._handle(session.receive_from_client(data))
+                self._handle(session.receive_from_client(data), flush_next=True)
             else:
                 self.stats.bytes_from_upstream += len(data)
-                self._handle(session.receive_from_upstream(data))
+                self._handle(session.receive_from_upstream(data), flush_next=True)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Write what the last batch queued, from this task when it is small."""
+        for side, writer in self._writers.items():
+            try:
+                await writer.flush()
+            except STREAM_ERRORS as exc:
+                self._side_lost(side, _failure_reason(exc))
+                return
 
     async def _write_loop(self, side: _Side) -> None:
         try:
             await self._writers[side].run()
         except STREAM_ERRORS as exc:
-            reason = exc.reason if isinstance(exc, UpstreamUnavailable) else describe_failure(exc)
-            self._side_lost(side, reason)
+            self._side_lost(side, _failure_reason(exc))
 
     def _side_lost(self, side: _Side, reason: str) -> None:
         """The side's stream ended or failed: tell the session, carry out its last words."""
@@ -570,6 +584,10 @@ class ClientConnection:
                 self.connection_id, self.listener, outcome, self._tls_mode, duration, replace(stats)
             )
         )
+
+
+def _failure_reason(exc: BaseException) -> str:
+    return exc.reason if isinstance(exc, UpstreamUnavailable) else describe_failure(exc)
 
 
 def _client_safe(reason: str) -> str:

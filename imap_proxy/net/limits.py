@@ -10,14 +10,21 @@ How this works:
   blocks) and `then(action)` (an async step to run once everything queued before it is
   written - a TLS handshake, say); one task runs `run()`, which writes the queue in order.
   Consecutive byte chunks are joined into one `send_all` (up to `max_write` octets), so a
-  batch of small responses becomes one write. Only `run()` ever writes to the stream, so
-  two tasks never call `send_all` on it at once. `queued_bytes` counts what is queued and
-  not yet written; a producer that must not outrun the peer checks `above_high_water`
-  and waits until `on_relief` is called (the queue fell to the high-water mark or below).
+  batch of small responses becomes one write. `queued_bytes` counts what is queued and not
+  yet written; a producer that must not outrun the peer checks `above_high_water` and
+  waits until `on_relief` is called (the queue fell to the high-water mark or below).
   `close()` lets `run()` return once the queue is empty; `wait_idle()` waits for that
-  point without closing. Stream errors propagate out of `run()`: the caller translates
-  them, once, for its side. Once closed or stopped, the writer drops what it is given
-  (the peer is gone or going; there is no one left to tell).
+  point without closing. Once closed or stopped, the writer drops what it is given (the
+  peer is gone or going; there is no one left to tell).
+
+  The fast path: a producer that is itself a task (a connection's reader) may queue with
+  `send(data, wake=False)` and then `await flush()`, which writes the queue from that
+  task when no write is under way and what is queued is small. A request/response round
+  trip then costs no task switch to the writer; anything larger, a TLS step at the head
+  of the queue, or a write already under way is left to `run()`, which is woken. Only
+  `run()` and `flush()` write, under one lock taken without waiting, so two tasks never
+  call `send_all` on the stream at once. Stream errors propagate out of both: the caller
+  translates them, once, for its side.
 """
 
 from __future__ import annotations
@@ -30,6 +37,9 @@ import trio
 
 DEFAULT_HIGH_WATER = 1024 * 1024
 DEFAULT_MAX_WRITE = 1024 * 1024
+# `flush()` writes from the producer's task only up to this much; bulk data (message
+# bodies) goes through the writer task, so reading the next chunk overlaps this write.
+INLINE_FLUSH_MAX = 64 * 1024
 
 Action = Callable[[], Awaitable[None]]
 
@@ -90,6 +100,7 @@ class QueuedWriter:
         self._queue: deque[bytes | Action] = deque()
         self._queued_bytes = 0
         self._in_progress = False
+        self._writing = trio.StrictFIFOLock()  # held around every write, by either task
         self._closed = False
         self._stopped = False
         self._relief_owed = False
@@ -125,14 +136,44 @@ class QueuedWriter:
         """Nothing queued and nothing being written (or nothing ever will be)."""
         return self._stopped or (not self._queue and not self._in_progress)
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, *, wake: bool = True) -> None:
+        """Queue `data`; with `wake=False` the caller promises to `await flush()` next."""
         if self._closed or self._stopped or not data:
             return
         self._queue.append(data)
         self._queued_bytes += len(data)
         if self.above_high_water:
             self._relief_owed = True
-        self._poke()
+        if wake:
+            self._poke()
+        elif self._idle.is_set():
+            self._idle = trio.Event()
+
+    async def flush(self) -> None:
+        """Write what is queued from the calling task if that is cheap, else wake `run()`.
+
+        Stream errors propagate to the caller, as they would out of `run()`.
+        """
+        if not self._queue:
+            return
+        if (
+            self._stopped
+            or self._queued_bytes > INLINE_FLUSH_MAX
+            or not isinstance(self._queue[0], bytes)
+            or self._writing.locked()
+        ):
+            self._poke()
+            return
+        self._writing.acquire_nowait()
+        try:
+            while self._queue and isinstance(self._queue[0], bytes):
+                await self._write_chunk()
+        finally:
+            self._writing.release()
+        if self._queue or self._closed:
+            self._poke()  # a step to run, or run() to let return
+        else:
+            self._idle.set()
 
     def then(self, action: Action) -> None:
         """Run `action` after everything queued so far is written, before anything later."""
@@ -195,22 +236,32 @@ class QueuedWriter:
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
                 continue
-            self._in_progress = True
-            try:
+            async with self._writing:  # a flush() from a producer may be writing
+                if not self._queue:
+                    continue
                 head = self._queue[0]
                 if isinstance(head, bytes):
-                    chunk = self._take_chunk()
-                    await self.stream.send_all(chunk)
-                    self._queued_bytes -= len(chunk)
-                    self.bytes_written += len(chunk)
-                    self.writes += 1
-                    self.last_write_at = trio.current_time()
-                    if self._relief_owed and not self.above_high_water:
-                        self._relief_owed = False
-                        if self._on_relief:
-                            self._on_relief()
+                    await self._write_chunk()
                 else:
-                    self._queue.popleft()
-                    await head()
-            finally:
-                self._in_progress = False
+                    self._in_progress = True
+                    try:
+                        self._queue.popleft()
+                        await head()
+                    finally:
+                        self._in_progress = False
+
+    async def _write_chunk(self) -> None:
+        self._in_progress = True
+        try:
+            chunk = self._take_chunk()
+            await self.stream.send_all(chunk)
+        finally:
+            self._in_progress = False
+        self._queued_bytes -= len(chunk)
+        self.bytes_written += len(chunk)
+        self.writes += 1
+        self.last_write_at = trio.current_time()
+        if self._relief_owed and not self.above_high_water:
+            self._relief_owed = False
+            if self._on_relief:
+                self._on_relief()
