@@ -152,3 +152,73 @@ async def test_close_writes_what_is_queued_then_returns() -> None:
     with trio.fail_after(1):
         await writer.run()
     assert await receiver.receive_some(100) == b"last words\r\n"
+
+
+class GatedStream(CountingStream):
+    """A stream whose writes wait for `gate` to open, to hold a write "under way"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = trio.Event()
+        self.writing = trio.Event()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.writing.set()
+        await self.gate.wait()
+        await super().send_all(data)
+
+
+async def test_flush_writes_from_the_calling_task_without_waking_the_writer() -> None:
+    stream = CountingStream()
+    writer = QueuedWriter(stream)
+    writer.send(b"a OK\r\n", wake=False)
+    writer.send(b"b OK\r\n", wake=False)
+    assert not writer.idle
+    await writer.flush()  # no run() task exists: this task wrote it
+    assert stream.writes == [b"a OK\r\nb OK\r\n"]
+    assert writer.idle and writer.queued_bytes == 0 and writer.bytes_written == 12
+
+
+async def test_flush_leaves_bulk_data_and_steps_to_the_writer_task() -> None:
+    stream = CountingStream()
+    writer = QueuedWriter(stream)
+    ran: list[str] = []
+
+    async def step() -> None:
+        ran.append("step")
+
+    writer.send(b"x" * (64 * 1024 + 1), wake=False)
+    await writer.flush()
+    assert stream.writes == []  # too large to write inline
+    writer.then(step)
+    writer.send(b"after\r\n", wake=False)
+    await writer.flush()
+    assert stream.writes == [] and ran == []
+    writer.close()
+    await writer.run()
+    assert [len(w) for w in stream.writes] == [64 * 1024 + 1, 7] and ran == ["step"]
+
+
+async def test_flush_during_a_write_under_way_defers_and_keeps_order() -> None:
+    stream = GatedStream()
+    writer = QueuedWriter(stream)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        writer.send(b"first\r\n")
+        await stream.writing.wait()  # run() is inside send_all
+        writer.send(b"second\r\n", wake=False)
+        await writer.flush()  # must not write beside run(): it leaves it queued
+        assert stream.writes == []
+        stream.gate.set()
+        await writer.wait_idle()
+        writer.close()
+    assert stream.writes == [b"first\r\n", b"second\r\n"]
+
+
+async def test_flush_propagates_stream_errors() -> None:
+    stream = CountingStream()
+    stream.fail = True
+    writer = QueuedWriter(stream)
+    writer.send(b"a OK\r\n", wake=False)
+    with pytest.raises(trio.BrokenResourceError):
+        await writer.flush()
