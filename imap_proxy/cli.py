@@ -375,8 +375,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except (ConfigError, RuleLoadError) as error:
+        from imap_proxy.rules_cli import one_line
+
         for problem in error.problems:
-            print(f"{PROG}: {problem}", file=sys.stderr)
+            print(f"{PROG}: {one_line(problem)}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

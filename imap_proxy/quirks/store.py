@@ -5,11 +5,14 @@ How this works: `RuleStore.load(directory)` reads the rule files and `fingerprin
 set that loads completely replaces the current one, in one assignment, so a session
 always starts with one consistent snapshot (`current`). `reload()` does the same again:
 on failure it raises `RuleLoadError` and the old set stays active; sessions already
-running keep the snapshot they started with and are never dropped.
+running keep the snapshot they started with and are never dropped. A set is complete only
+if every family a rule's `match.client_families` names is one the fingerprint definitions
+know: a misspelt family would otherwise make its rule silently match nobody.
 """
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +37,27 @@ def load_snapshot(directory: Path | None) -> QuirkSnapshot:
         )
     except (ValueError, OSError) as error:
         raise RuleLoadError([f"{FINGERPRINT_FILE}: {error}"]) from None
+    problems = unknown_families(rules, fingerprints)
+    if problems:
+        raise RuleLoadError(problems)
     return QuirkSnapshot(rules, fingerprints)
+
+
+def unknown_families(rules: RuleSet, fingerprints: FingerprintSet) -> list[str]:
+    """One problem line per family a rule targets that the definitions do not have."""
+    known = fingerprints.families
+    problems = []
+    for loaded in rules.rules:
+        for family in loaded.rule.match.client_families or ():
+            if family in known:
+                continue
+            close = difflib.get_close_matches(family, known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(known)
+            problems.append(
+                f"{loaded.source}: rule {loaded.rule.id}: match.client_families: "
+                f"unknown family {family!r} in {FINGERPRINT_FILE} ({hint})"
+            )
+    return problems
 
 
 class RuleStore:
@@ -52,7 +75,11 @@ class RuleStore:
         return cls(QuirkSnapshot(RuleSet.empty(), None))
 
     def reload(self) -> QuirkSnapshot:
-        """Load the directory again; the new set is active only if all of it is valid."""
+        """Load the directory again; the new set is active only if all of it is valid.
+
+        Everything is read and validated before `current` changes, and it changes in one
+        assignment: a session starting during a reload gets the old snapshot or the new
+        one, never a mixture. On RuleLoadError nothing changes (nor `generation`)."""
         snapshot = load_snapshot(self.directory)
         self.current = snapshot
         self.generation += 1
