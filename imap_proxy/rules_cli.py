@@ -19,7 +19,13 @@ from pathlib import Path
 
 from imap_proxy.quirks.engine import SessionRules, SessionView
 from imap_proxy.quirks.fingerprint import Fingerprinter, FingerprintSet, profile_from_transcript
-from imap_proxy.quirks.model import Rule, RuleLoadError, RuleSet, load_rules, rules_json_schema
+from imap_proxy.quirks.model import (
+    FINGERPRINT_FILE,
+    Rule,
+    RuleLoadError,
+    RuleSet,
+    rules_json_schema,
+)
 from imap_proxy.quirks.store import QuirkSnapshot, load_snapshot
 from imap_proxy.quirks.trace import CLIENT_SENDS, parse_trace
 from imap_proxy.wire.errors import ProtocolError
@@ -134,14 +140,6 @@ def _report(problems: list[str]) -> int:
     return EXIT_INVALID
 
 
-def _load(directory: Path | None) -> RuleSet | None:
-    try:
-        return load_rules(directory)
-    except RuleLoadError as error:
-        _report(error.problems)
-        return None
-
-
 def _load_snapshot(directory: Path | None) -> QuirkSnapshot | None:
     try:
         return load_snapshot(directory)
@@ -190,7 +188,9 @@ def _command_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def render_rules_reference(ruleset: RuleSet) -> str:
+def render_rules_reference(ruleset: RuleSet, fingerprints: FingerprintSet | None = None) -> str:
+    fingerprints = fingerprints or FingerprintSet.packaged()
+    families = ", ".join(f"`{family}`" for family in sorted(fingerprints.families))
     out = [
         "# Rules reference",
         "",
@@ -202,6 +202,17 @@ def render_rules_reference(ruleset: RuleSet) -> str:
         "Rules keyed on ID fields are explicit and the operator's choice: RFC 2971 §3 says "
         "servers must not work around client bugs from ID data, and no rule may make the "
         "proxy refuse service because of an ID.",
+        "",
+        "`match.client_families` names families of the fingerprint definitions "
+        f"(`{FINGERPRINT_FILE}`): {families}. A rule naming any other family is refused "
+        "when the rules are loaded.",
+        "",
+        "`imap-proxy rules check DIR` validates a rules directory as the proxy would load it. "
+        "SIGHUP makes a running proxy load its rules and fingerprint definitions again: a "
+        "complete, valid set replaces the old one for new sessions (sessions already open "
+        "keep theirs and are never dropped); an invalid one is refused with the error log "
+        "line `rules not reloaded; the previous set stays active` listing every problem. "
+        "`imap_proxy_rule_reloads_total{outcome}` counts both.",
         "",
         "| rule | default | matches | actions |",
         "|---|---|---|---|",
@@ -237,10 +248,10 @@ def render_rules_reference(ruleset: RuleSet) -> str:
 
 
 def _command_docs(args: argparse.Namespace) -> int:
-    ruleset = _load(args.directory)
-    if ruleset is None:
+    snapshot = _load_snapshot(args.directory)
+    if snapshot is None:
         return EXIT_INVALID
-    return _write(render_rules_reference(ruleset))
+    return _write(render_rules_reference(snapshot.rules, snapshot.fingerprints))
 
 
 def _command_explain(args: argparse.Namespace) -> int:

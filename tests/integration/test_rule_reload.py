@@ -60,7 +60,8 @@ def greeting_capabilities(port: int) -> list[str]:
 def session_capabilities(session: imaplib.IMAP4) -> list[str]:
     typ, data = session.capability()
     assert typ == "OK"
-    return data[0].decode().upper().split()
+    line: bytes = data[0]
+    return line.decode().upper().split()
 
 
 def rule_reloads(metrics_port: int) -> dict[str, float]:
