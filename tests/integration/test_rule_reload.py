@@ -155,3 +155,41 @@ def test_sighup_reloads_rules_for_new_sessions_and_drops_none(
                 session.logout()
         proxy.process.send_signal(signal.SIGTERM)
         assert proxy.process.wait(WAIT) == 0
+
+
+def test_rules_watch_reloads_changed_files_without_a_signal(
+    dovecot_legacy: DovecotInstance, fresh_mail_user: NewUser, tmp_path: Path
+) -> None:
+    user: MailUser = fresh_mail_user(dovecot_legacy)
+    rules = tmp_path / "rules"
+    shutil.copytree(packaged_rules_dir(), rules)
+    args = (
+        "--upstream", f"127.0.0.1:{dovecot_legacy.port}",
+        "--listen", "127.0.0.1:0",
+        "--rules", str(rules),
+        "--rules-watch", "0.2",
+    )  # fmt: skip
+    with proxy_process(*args) as proxy:
+        port = proxy.ports["imap"]
+        assert MARKER not in greeting_capabilities(port)
+        session = imaplib.IMAP4("127.0.0.1", port, timeout=WAIT)
+        try:
+            session.login(user.name, user.password)
+            (rules / "marker.yaml").write_text(MARKER_RULE)
+            proxy.wait_for_log("rules changed on disk: reloading")
+            assert proxy.wait_for_log("rules reloaded")["generation"] == 2
+            assert MARKER in greeting_capabilities(port)
+            assert session.noop()[0] == "OK"
+
+            (rules / "broken.yaml").write_text(BROKEN_RULE)
+            refused = proxy.wait_for_log("rules not reloaded; the previous set stays active")
+            assert any("broken.yaml" in problem for problem in refused["problems"])
+            assert MARKER in greeting_capabilities(port)
+            assert session.noop()[0] == "OK"
+        finally:
+            session.logout()
+        proxy.process.send_signal(signal.SIGTERM)
+        assert proxy.process.wait(WAIT) == 0
+    # The broken set was refused once, not again at every check.
+    refusals = [line for line in proxy.lines if "rules not reloaded" in line]
+    assert len(refusals) == 1, refusals

@@ -108,3 +108,37 @@ def test_a_missing_directory_is_a_load_error(tmp_path: Path) -> None:
     with pytest.raises(RuleLoadError, match="not a directory"):
         store.reload()
     assert store.current is before
+
+
+def test_changed_on_disk_sees_added_edited_and_removed_files(rules_dir: Path) -> None:
+    store = RuleStore.load(rules_dir)
+    assert not store.changed_on_disk()
+    extra = rules_dir / "extra.yaml"
+    extra.write_text(EXTRA_RULE)
+    assert store.changed_on_disk()
+    store.reload()
+    assert not store.changed_on_disk()
+    extra.write_text(EXTRA_RULE + "# one more line\n")  # a different size
+    assert store.changed_on_disk()
+    store.reload()
+    extra.unlink()
+    assert store.changed_on_disk()
+    (rules_dir / "notes.txt").write_text("not a rule file")  # ignored
+    store.reload()
+    (rules_dir / "notes.txt").write_text("still not one, longer")
+    assert not store.changed_on_disk()
+
+
+def test_a_failed_attempt_is_not_retried_until_the_files_change(rules_dir: Path) -> None:
+    store = RuleStore.load(rules_dir)
+    (rules_dir / "bad.yaml").write_text(BAD_RULE)
+    assert store.changed_on_disk()
+    with pytest.raises(RuleLoadError):
+        store.reload()
+    assert not store.changed_on_disk()  # the watcher would not log the same error again
+    (rules_dir / "bad.yaml").write_text(EXTRA_RULE)
+    assert store.changed_on_disk()
+
+
+def test_the_packaged_rules_never_change_on_disk() -> None:
+    assert not RuleStore.load(None).changed_on_disk()
