@@ -6,9 +6,10 @@ temporary directory that starts as a copy of the packaged rules. There the shipp
 `answer-id-in-every-state` rule is what makes the greeting advertise ID (the modern
 profile announces ID itself, so a rule change cannot show there). 50 sessions log in and
 select INBOX. The test then rewrites the directory - that rule disabled, a rule adding a
-marker capability added - and sends SIGHUP: every one of the 50 sessions still answers
-NOOP, each keeps the rule set it started with (its CAPABILITY still has ID and no
-marker), and a new session's greeting has the marker and no ID. An invalid rule file is
+marker capability added, imaplib's fingerprint family renamed - and sends SIGHUP: every
+one of the 50 sessions still answers NOOP, each keeps the rule set it started with (its
+CAPABILITY still has ID and no marker), a new session's greeting has the marker and no
+ID, and a new imaplib session is counted in /metrics under the renamed family. An invalid rule file is
 then refused on SIGHUP with an error log line naming the file; new sessions keep the last
 good set. Removing the broken file and reloading again is accepted. /metrics counts the
 reloads by outcome.
@@ -22,13 +23,14 @@ import signal
 import urllib.request
 from pathlib import Path
 
-from imap_proxy.quirks.model import packaged_rules_dir
+from imap_proxy.quirks.model import FINGERPRINT_FILE, packaged_rules_dir
 from tests.support.dovecot import DovecotInstance, MailUser
 
 from .test_lifecycle import WAIT, proxy_process
 from .test_proxy_dovecot import NewUser
 
 SESSIONS = 50
+RENAMED_FAMILY = "python-imaplib-v2"
 MARKER = "X-RULES-RELOADED"
 MARKER_RULE = f"""\
 rules:
@@ -64,16 +66,29 @@ def session_capabilities(session: imaplib.IMAP4) -> list[str]:
     return line.decode().upper().split()
 
 
-def rule_reloads(metrics_port: int) -> dict[str, float]:
+def scrape(metrics_port: int) -> str:
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=WAIT) as response:
-        body = response.read().decode()
+        body: bytes = response.read()
+    return body.decode()
+
+
+def rule_reloads(metrics: str) -> dict[str, float]:
     counts = {}
-    for line in body.splitlines():
+    for line in metrics.splitlines():
         if line.startswith("imap_proxy_rule_reloads_total{"):
             labels, value = line.rsplit(" ", 1)
             counts[labels.split('outcome="', 1)[1].split('"', 1)[0]] = float(value)
     return counts
+
+
+def session_families(metrics: str) -> set[str]:
+    """The client families of the sessions counted so far."""
+    return {
+        line.split('client_family="', 1)[1].split('"', 1)[0]
+        for line in metrics.splitlines()
+        if line.startswith("imap_proxy_sessions_total{") and not line.endswith(" 0.0")
+    }
 
 
 def test_sighup_reloads_rules_for_new_sessions_and_drops_none(
@@ -112,6 +127,13 @@ def test_sighup_reloads_rules_for_new_sessions_and_drops_none(
             assert disabled != text
             core.write_text(disabled)
             (rules / "marker.yaml").write_text(MARKER_RULE)
+            # ... and the fingerprint definitions with imaplib's family renamed.
+            definitions = rules / FINGERPRINT_FILE
+            renamed = definitions.read_text().replace(
+                "family: python-imaplib\n", f"family: {RENAMED_FAMILY}\n"
+            )
+            assert renamed != definitions.read_text()
+            definitions.write_text(renamed)
             proxy.process.send_signal(signal.SIGHUP)
             reloaded = proxy.wait_for_log("rules reloaded")
             assert reloaded["generation"] == 2
@@ -124,6 +146,11 @@ def test_sighup_reloads_rules_for_new_sessions_and_drops_none(
             # ... and new ones get the new set.
             after = greeting_capabilities(port)
             assert MARKER in after and "ID" not in after, after
+            newcomer = imaplib.IMAP4("127.0.0.1", port, timeout=WAIT)
+            newcomer.login(user.name, user.password)
+            newcomer.select("INBOX")
+            newcomer.logout()
+            assert RENAMED_FAMILY in session_families(scrape(metrics_port))
 
             # An invalid rule file: refused, logged, the last good set stays.
             (rules / "broken.yaml").write_text(BROKEN_RULE)
@@ -147,7 +174,7 @@ def test_sighup_reloads_rules_for_new_sessions_and_drops_none(
             last = greeting_capabilities(port)
             assert MARKER not in last and "ID" not in last, last
 
-            assert rule_reloads(metrics_port) == {"ok": 2.0, "failed": 1.0}
+            assert rule_reloads(scrape(metrics_port)) == {"ok": 2.0, "failed": 1.0}
             for session in sessions:
                 assert session.noop()[0] == "OK"
         finally:
