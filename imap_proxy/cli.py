@@ -228,6 +228,13 @@ def _settings_flags() -> argparse.ArgumentParser:
         "--rules", metavar="DIR", type=Path, help="quirk rules directory (default: packaged rules)"
     )
     group.add_argument(
+        "--rules-watch",
+        metavar="SECONDS",
+        type=float,
+        help="check the rules directory for changes this often and reload them "
+        "(default: 0, only on SIGHUP)",
+    )
+    group.add_argument(
         "--metrics-listen",
         metavar="HOST:PORT",
         help="serve Prometheus /metrics, /healthz and /readyz here (default: off)",
@@ -257,6 +264,7 @@ _FLAG_PATHS: dict[str, tuple[str, ...]] = {
     "upstream_security": ("upstream", "security"),
     "upstream_ca": ("upstream", "ca_file"),
     "rules": ("rules",),
+    "rules_watch": ("rules_watch",),
     "metrics_listen": ("metrics_listen",),
     "log_format": ("log", "format"),
     "log_level": ("log", "level"),
@@ -375,8 +383,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except (ConfigError, RuleLoadError) as error:
+        from imap_proxy.rules_cli import one_line
+
         for problem in error.problems:
-            print(f"{PROG}: {problem}", file=sys.stderr)
+            print(f"{PROG}: {one_line(problem)}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

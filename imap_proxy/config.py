@@ -220,6 +220,12 @@ class ProxyConfig(_Strict):
     rules: Path | None = Field(
         default=None, description="quirk rules directory (default: the packaged rules)"
     )
+    rules_watch: float = Field(
+        default=0,
+        ge=0,
+        description="seconds between checks of the rules directory for changed files, "
+        "which are then reloaded as on SIGHUP (default 0: only SIGHUP reloads)",
+    )
     metrics_listen: HostPort | None = Field(
         default=None, description="Prometheus /metrics, /healthz, /readyz (default: off)"
     )

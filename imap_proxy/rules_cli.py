@@ -6,6 +6,8 @@ prints, and returns an exit code. `explain` builds the same `Fingerprinter` and
 `SessionRules` a live session uses, feeds them what the operator says the client sent and
 what the upstream announces, and prints the profile and the rules that would be active.
 `rules docs` renders the rules reference (docs/rules.md is this command's output).
+Bad input - a missing or unreadable file, an invalid rule set, a transcript that is not
+one - is one line per problem on stderr and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -17,8 +19,16 @@ from pathlib import Path
 
 from imap_proxy.quirks.engine import SessionRules, SessionView
 from imap_proxy.quirks.fingerprint import Fingerprinter, FingerprintSet, profile_from_transcript
-from imap_proxy.quirks.model import Rule, RuleLoadError, RuleSet, load_rules, rules_json_schema
-from imap_proxy.quirks.store import load_snapshot
+from imap_proxy.quirks.model import (
+    FINGERPRINT_FILE,
+    Rule,
+    RuleLoadError,
+    RuleSet,
+    rules_json_schema,
+)
+from imap_proxy.quirks.store import QuirkSnapshot, load_snapshot
+from imap_proxy.quirks.trace import CLIENT_SENDS, parse_trace
+from imap_proxy.wire.errors import ProtocolError
 
 EXIT_OK = 0
 EXIT_INVALID = 2
@@ -35,9 +45,11 @@ def add_rule_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     check = sub.add_parser(
         "check",
         help="validate a rules directory and print what each rule matches",
-        description="Validate every rule file of DIR (default: the packaged rules), then "
-        "print each rule: id, enabled, priority, what it matches and its actions. Exit 2 "
-        "with one line per problem (file, rule id, field) if anything is invalid.",
+        description="Validate every rule file of DIR (default: the packaged rules) and the "
+        "fingerprint definitions the proxy would use with it (DIR/fingerprints.yaml, else the "
+        "packaged ones), then print each rule: id, enabled, priority, what it matches and "
+        "its actions. Exit 2 with one line per problem (file, rule id, field) if anything is "
+        "invalid - what `imap-proxy run --rules DIR` and a SIGHUP reload would refuse.",
     )
     check.add_argument("directory", nargs="?", type=Path, help="rules directory")
     check.set_defaults(handler=_command_check)
@@ -93,9 +105,16 @@ def add_rule_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "fingerprint",
         help="the client profile for a recorded transcript",
         description="Read a C:/S: transcript (as the tests and the recorder write them) and "
-        "print the client profile its C: lines give.",
+        "print the client profile its C: lines give. Exit 2 if the file cannot be read or "
+        "is not a transcript.",
     )
     fingerprint.add_argument("trace", type=Path)
+    fingerprint.add_argument(
+        "--rules",
+        type=Path,
+        metavar="DIR",
+        help="use DIR/fingerprints.yaml (default: the packaged definitions)",
+    )
     fingerprint.set_defaults(handler=_command_fingerprint)
 
 
@@ -109,12 +128,23 @@ def _write(text: str) -> int:
     return EXIT_OK
 
 
-def _load(directory: Path | None) -> RuleSet | None:
+def one_line(problem: str) -> str:
+    """A problem as one line (YAML errors come with a multi-line excerpt)."""
+    parts = (part.strip() for part in problem.splitlines())
+    return " ".join(part for part in parts if part.strip("^"))
+
+
+def _report(problems: list[str]) -> int:
+    for problem in problems:
+        print(f"imap-proxy: {one_line(problem)}", file=sys.stderr)
+    return EXIT_INVALID
+
+
+def _load_snapshot(directory: Path | None) -> QuirkSnapshot | None:
     try:
-        return load_rules(directory)
+        return load_snapshot(directory)
     except RuleLoadError as error:
-        for problem in error.problems:
-            print(f"imap-proxy: {problem}", file=sys.stderr)
+        _report(error.problems)
         return None
 
 
@@ -141,9 +171,10 @@ def describe_match(rule: Rule) -> str:
 
 
 def _command_check(args: argparse.Namespace) -> int:
-    ruleset = _load(args.directory)
-    if ruleset is None:
+    snapshot = _load_snapshot(args.directory)
+    if snapshot is None:
         return EXIT_INVALID
+    ruleset = snapshot.rules
     for loaded in ruleset.rules:
         rule = loaded.rule
         state = "enabled " if rule.enabled else "disabled"
@@ -151,11 +182,15 @@ def _command_check(args: argparse.Namespace) -> int:
         print(f"{rule.id:28} {state} p{rule.priority:<4} {loaded.source}")
         print(f"    matches: {describe_match(rule)}")
         print(f"    actions: {actions}")
+    fingerprints = snapshot.fingerprints or FingerprintSet.packaged()
+    print(f"fingerprints: {len(fingerprints.scored)} families from {fingerprints.source}")
     print(f"{len(ruleset.rules)} rules, {len(ruleset.enabled)} enabled: valid")
     return EXIT_OK
 
 
-def render_rules_reference(ruleset: RuleSet) -> str:
+def render_rules_reference(ruleset: RuleSet, fingerprints: FingerprintSet | None = None) -> str:
+    fingerprints = fingerprints or FingerprintSet.packaged()
+    families = ", ".join(f"`{family}`" for family in sorted(fingerprints.families))
     out = [
         "# Rules reference",
         "",
@@ -167,6 +202,17 @@ def render_rules_reference(ruleset: RuleSet) -> str:
         "Rules keyed on ID fields are explicit and the operator's choice: RFC 2971 §3 says "
         "servers must not work around client bugs from ID data, and no rule may make the "
         "proxy refuse service because of an ID.",
+        "",
+        "`match.client_families` names families of the fingerprint definitions "
+        f"(`{FINGERPRINT_FILE}`): {families}. A rule naming any other family is refused "
+        "when the rules are loaded.",
+        "",
+        "`imap-proxy rules check DIR` validates a rules directory as the proxy would load it. "
+        "SIGHUP makes a running proxy load its rules and fingerprint definitions again: a "
+        "complete, valid set replaces the old one for new sessions (sessions already open "
+        "keep theirs and are never dropped); an invalid one is refused with the error log "
+        "line `rules not reloaded; the previous set stays active` listing every problem. "
+        "`imap_proxy_rule_reloads_total{outcome}` counts both.",
         "",
         "| rule | default | matches | actions |",
         "|---|---|---|---|",
@@ -202,18 +248,18 @@ def render_rules_reference(ruleset: RuleSet) -> str:
 
 
 def _command_docs(args: argparse.Namespace) -> int:
-    ruleset = _load(args.directory)
-    if ruleset is None:
+    snapshot = _load_snapshot(args.directory)
+    if snapshot is None:
         return EXIT_INVALID
-    return _write(render_rules_reference(ruleset))
+    return _write(render_rules_reference(snapshot.rules, snapshot.fingerprints))
 
 
 def _command_explain(args: argparse.Namespace) -> int:
-    try:
-        snapshot = load_snapshot(args.rules)
-    except RuleLoadError as error:
-        for problem in error.problems:
-            print(f"imap-proxy: {problem}", file=sys.stderr)
+    malformed = [f"--id {field!r}: expected FIELD=VALUE" for field in args.id if "=" not in field]
+    if malformed:
+        return _report(malformed)
+    snapshot = _load_snapshot(args.rules)
+    if snapshot is None:
         return EXIT_INVALID
     fingerprints = snapshot.fingerprints or FingerprintSet.packaged()
     printer = Fingerprinter(fingerprints, listener=args.listener)
@@ -256,12 +302,29 @@ def _command_explain(args: argparse.Namespace) -> int:
 
 
 def _command_fingerprint(args: argparse.Namespace) -> int:
+    path: Path = args.trace
     try:
-        text = args.trace.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except OSError as error:
-        print(f"imap-proxy: {args.trace}: {error.strerror}", file=sys.stderr)
-        return EXIT_INVALID
-    profile = profile_from_transcript(text, FingerprintSet.packaged())
+        return _report([f"{path}: cannot read: {error.strerror or error}"])
+    except UnicodeDecodeError as error:
+        return _report([f"{path}: not a transcript: not UTF-8 text ({error.reason})"])
+    if args.rules is None:
+        fingerprints = FingerprintSet.packaged()
+    else:
+        snapshot = _load_snapshot(args.rules)
+        if snapshot is None:
+            return EXIT_INVALID
+        fingerprints = snapshot.fingerprints or FingerprintSet.packaged()
+    try:
+        lines = parse_trace(text)
+        if not any(line.prefix in CLIENT_SENDS for line in lines):
+            return _report([f"{path}: not a transcript: no client (C:) lines"])
+        profile = profile_from_transcript(lines, fingerprints)
+    except ValueError as error:
+        return _report([f"{path}: not a transcript: {error}"])
+    except ProtocolError as error:
+        return _report([f"{path}: client side cannot be framed: {error.text}"])
     print(
         f"client: {profile.family} version={profile.version or '-'} "
         f"confidence={profile.confidence:.2f} ({profile.confidence_bucket})"

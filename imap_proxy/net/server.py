@@ -21,9 +21,14 @@ tells the upstream that address in a v2 header.
 
 Reload (SIGHUP in the main thread, or `ServerHandle.reload()`): every callable in
 `ServerHandle.reloaders` runs in turn; one that raises is logged and leaves its previous
-state in place. The server registers the TLS certificate reload: it builds a new server
-SSL context from `tls.cert`/`tls.key` for connections accepted from then on (sessions
-already open keep theirs); an unusable certificate is refused and the old one stays.
+state in place. The rule reload (`RuleStore.reload()`) swaps in the rules and fingerprint
+definitions for sessions started from then on, or logs every problem and keeps the old
+set; either way `rule_reloads_total{outcome}` counts it. With `rules_watch` set, a task
+polls the rules directory that often and runs the same rule reload when its files have
+changed (RuleStore.changed_on_disk), until the drain. The TLS certificate reload
+builds a new server SSL context from `tls.cert`/`tls.key` for connections accepted from
+then on (sessions already open keep theirs); an unusable certificate is refused and the
+old one stays.
 
 Metrics (`metrics_listen` set, or a `Metrics` passed in): the `Metrics` observes every
 connection next to the caller's observer, wraps the dialer to count upstream connects,
@@ -378,13 +383,21 @@ async def _handle_signals(
             return
 
 
-def _rule_reloader(store: RuleStore) -> Reloader:
+def _rule_reloader(store: RuleStore, handle: ServerHandle) -> Reloader:
     def reload_rules() -> None:
         try:
             snapshot = store.reload()
         except RuleLoadError as error:
-            _log.error("rules not reloaded; the previous set stays active", problems=error.problems)
+            if handle.metrics is not None:
+                handle.metrics.record_rule_reload(False)
+            _log.error(
+                "rules not reloaded; the previous set stays active",
+                problems=error.problems,
+                generation=store.generation,
+            )
             raise
+        if handle.metrics is not None:
+            handle.metrics.record_rule_reload(True)
         _log.info(
             "rules reloaded",
             rules=len(snapshot.rules.rules),
@@ -393,6 +406,17 @@ def _rule_reloader(store: RuleStore) -> Reloader:
         )
 
     return reload_rules
+
+
+async def _watch_rules(store: RuleStore, reload_rules: Reloader, interval: float) -> None:
+    """Every `interval` seconds, reload the rules if their files changed (rules_watch)."""
+    while True:
+        await trio.sleep(interval)
+        if not store.changed_on_disk():
+            continue
+        _log.info("rules changed on disk: reloading", directory=str(store.directory))
+        with contextlib.suppress(RuleLoadError):  # logged and counted by reload_rules
+            reload_rules()
 
 
 async def serve(
@@ -428,7 +452,8 @@ async def serve(
     )
     store = rules if rules is not None else RuleStore.load(config.rules)
     server.rules = handle.rules = store
-    handle.reloaders.append(_rule_reloader(store))
+    reload_rules = _rule_reloader(store, handle)
+    handle.reloaders.append(reload_rules)
     if server_ssl is not None:
         handle.reloaders.append(server.reload_tls_certificate)
     if metrics is None and config.metrics_listen is not None:
@@ -452,6 +477,8 @@ async def serve(
                         accepting.start_soon(server.accept_loop, listener, group.name, connections)
                 if threading.current_thread() is threading.main_thread():
                     await accepting.start(_handle_signals, handle)
+                if config.rules_watch > 0 and store.directory is not None:
+                    accepting.start_soon(_watch_rules, store, reload_rules, config.rules_watch)
                 task_status.started(handle)
                 await handle._drain_requested.wait()
                 accepting.cancel_scope.cancel()

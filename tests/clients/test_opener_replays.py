@@ -8,9 +8,12 @@ and what it waits for before sending more (the tagged completion of the step's l
 command, or a `+` continuation). `replay()` sends each step, reads the responses (literals
 included), and the test asserts that no response is NO or BAD, tagged or untagged, and that
 every command was completed OK. The greeting must never advertise IMAP4rev2 (Dovecot is
-rev1; the capability contract forbids passing rev2 on). `Replay.fingerprint` is the label
-the fingerprint engine is expected to give: once it lands, asserting it is one line in
-`test_opener_replay`.
+rev1; the capability contract forbids passing rev2 on). The proxy runs with its packaged
+rules and fingerprint definitions and an observer collecting its `ClientIdentified`
+events: the session's last one must name `Replay.fingerprint` (a family of
+imap_proxy/rules/fingerprints.yaml, the names rules' `client_families` use) and
+`Replay.version`, with at least medium confidence. The compatibility table's note says
+which family the proxy identified.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from imap_proxy.session.events import ClientIdentified
 from tests.clients.conftest import CompatScenario
 from tests.clients.support import TRASH_FOLDER, append_raw, client_proxy_config, make_message
 from tests.support.dovecot import DovecotInstance, MailUser
@@ -32,6 +36,7 @@ CONTINUATION = "+"
 _LITERAL_AT_END = re.compile(rb"\{(\d+)\}\r\n$")
 _FAILURE = re.compile(rb"^(\S+) (NO|BAD)\b", re.IGNORECASE)
 _TAGGED = re.compile(rb"^(\S+) (OK|NO|BAD)\b", re.IGNORECASE)
+MEDIUM_CONFIDENCE = 0.5  # the fingerprint's "medium" bucket (imap_proxy/rules/fingerprints.yaml)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +54,8 @@ class Replay:
     client: str
     source: str  # where the sequence comes from
     steps: tuple[Step, ...]
-    fingerprint: str  # the label the fingerprint engine should give this session
+    fingerprint: str  # the family the fingerprint engine should give this session
+    version: str | None  # and the client version it should read from the ID
     profiles: tuple[str, ...] = ("modern", "legacy")
 
 
@@ -72,6 +78,7 @@ REPLAYS = (
         client="iOS Mail (replay)",
         source="§4.1: B1..B4, C5, D35, C19, D6 (ClientOpenerTest, iOS 26.5)",
         fingerprint="ios-mail",
+        version="26.5",
         steps=(
             one("B1 AUTHENTICATE PLAIN {sasl_plain}"),
             one(f"B2 ID {IOS_ID}"),
@@ -95,7 +102,8 @@ REPLAYS = (
         name="macOS Mail pre-login ID",
         client="macOS Mail (replay)",
         source="§1.2: 1.854 CAPABILITY, 2.854 ID before AUTHENTICATE, ENABLE QRESYNC",
-        fingerprint="macos-mail",
+        fingerprint="apple-mail",
+        version="16.0 (3696.80.82.1.1)",
         steps=(
             one("1.854 CAPABILITY"),
             one(f"2.854 ID {MACOS_ID}"),
@@ -114,6 +122,7 @@ REPLAYS = (
         client="Thunderbird (replay)",
         source="§1.2: first tag 1+rand()%100 (58 from a trace), lowercase verbs",
         fingerprint="thunderbird",
+        version="128.5.0",
         steps=(
             one("58 capability"),
             one('59 login "{user}" "{password}"'),
@@ -132,6 +141,7 @@ REPLAYS = (
         client="new Outlook (replay)",
         source="§1.2: A1 LOGIN {n+} (sora PR #77), then ID, NAMESPACE, ENABLE",
         fingerprint="outlook-new",
+        version="16.0",
         # rev2only: an upstream greeting with IMAP4rev2 (and no IMAP4rev1), as Outlook saw it
         profiles=("modern", "legacy", "legacy_noliteralplus", "rev2only"),
         steps=(
@@ -223,13 +233,18 @@ def test_opener_replay(
         "sasl_plain": base64.b64encode(f"\0{user.name}\0{user.password}".encode()).decode(),
         "trash": TRASH_FOLDER[profile],
     }
-    with running_proxy(client_proxy_config(upstream)) as proxy, proxy.raw() as raw:
+    identified: list[ClientIdentified] = []
+
+    def observe(event: object) -> None:
+        if isinstance(event, ClientIdentified):
+            identified.append(event)
+
+    config = client_proxy_config(upstream)
+    with running_proxy(config, observer=observe) as proxy, proxy.raw() as raw:
         greeting = raw.read_line()
         assert greeting.startswith(b"* OK"), greeting
         assert b"IMAP4rev1" in greeting and b"IMAP4REV2" not in greeting.upper(), greeting
         responses = replay(raw, replay_case.steps, values)
-        # once the fingerprint engine lands:
-        # assert observed_fingerprint(proxy) == replay_case.fingerprint
 
     failures = [r for r in responses if _FAILURE.match(r)]
     assert not failures, failures
@@ -240,3 +255,9 @@ def test_opener_replay(
     }
     assert completed == dict.fromkeys(sent_tags(replay_case.steps), b"OK"), responses
     assert not any(b"IMAP4REV2" in r.upper() for r in responses if b"CAPABILITY" in r)
+    # The proxy told this client apart by what it sent: the family its rules name.
+    assert identified, "the session reported no fingerprint"
+    last = identified[-1]
+    compat.note = f"identified as {last.family}"
+    assert (last.family, last.version) == (replay_case.fingerprint, replay_case.version)
+    assert last.confidence >= MEDIUM_CONFIDENCE, identified
