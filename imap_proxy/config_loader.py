@@ -25,6 +25,7 @@ import json
 import os
 import tomllib
 from collections.abc import Mapping
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +139,7 @@ def _file_source(settings_cls: type[BaseSettings], file: Path) -> PydanticBaseSe
     return _YamlFile(settings_cls, yaml_file=file)
 
 
-def _top_level_mapping(file: Path, data: object) -> dict[str, Any]:
+def _top_level_mapping(file: Path | Traversable, data: object) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -149,7 +150,7 @@ def _top_level_mapping(file: Path, data: object) -> dict[str, Any]:
 
 
 class _YamlFile(YamlConfigSettingsSource):
-    def _read_file(self, file_path: Path) -> dict[str, Any]:
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
         try:
             with file_path.open(encoding="utf-8") as stream:
                 data = yaml.safe_load(stream)
@@ -167,7 +168,7 @@ class _YamlFile(YamlConfigSettingsSource):
 
 
 class _TomlFile(TomlConfigSettingsSource):
-    def _read_file(self, file_path: Path) -> dict[str, Any]:
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
         try:
             with file_path.open("rb") as stream:
                 data = tomllib.load(stream)
