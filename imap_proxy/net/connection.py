@@ -3,7 +3,7 @@
 How this works: `ClientConnection.run()` finishes an implicit-TLS handshake if the
 listener is `imaps`, dials the upstream (on failure the client gets
 `* BYE [UNAVAILABLE] <reason>` and the connection ends), builds the sans-IO session from
-the configuration (`session_settings()`), then runs five tasks in one nursery:
+the configuration (`session_settings()`), then runs four tasks in one nursery:
 
 * two readers (client, upstream) that feed what they read to the session and carry out
   the events it returns (`_handle`). A reader reads its side only while the session does
@@ -17,9 +17,11 @@ the configuration (`session_settings()`), then runs five tasks in one nursery:
   TLS switches (StartClientTLS / StartUpstreamTLS) are
   queued on the writer of that side as steps: they run once everything queued before
   them is written, wrap the stream in `trio.SSLStream`, shake hands, and tell the session;
-* a timer, whose cancel-scope deadline follows `session.idle_deadline_kind` (pre-auth or
-  idle timeout, counted from the client's last activity); on expiry `session.timed_out()`.
-  The deadline is recomputed after every batch; an early wake-up just re-arms.
+* and a deadline that follows `session.idle_deadline_kind` (pre-auth or idle timeout,
+  counted from the client's last activity), kept by a `Timers` (timers.py) that the server
+  shares among all its connections (a connection started alone runs a private one): it
+  is rescheduled after every batch, and on expiry `deadline_reached()` either times the
+  session out (`session.timed_out()`) or, if activity moved the deadline, reschedules.
 
 Event handling is synchronous (it only queues), so the tasks never interleave inside it.
 A `Close` event (or a lost side) sets the closing flag: the readers stop, the writers
@@ -45,6 +47,7 @@ import trio
 
 from imap_proxy.config import ProxyConfig, UpstreamSecurity
 from imap_proxy.net.limits import DEFAULT_HIGH_WATER, QueuedWriter
+from imap_proxy.net.timers import Timers
 from imap_proxy.net.upstream import Dialer, UpstreamUnavailable, describe_failure
 from imap_proxy.observe.logging import get_logger, user_label
 from imap_proxy.quirks.model import RuleSet
@@ -200,8 +203,10 @@ class ClientConnection:
         high_water: int = DEFAULT_HIGH_WATER,
         proxied_by: str | None = None,
         rules: RuleStore | None = None,
+        timers: Timers | None = None,
     ) -> None:
         self.connection_id = connection_id or new_connection_id()
+        self._timers = timers  # the server's; None: this connection runs its own
         self._rules = rules  # each session starts with the store's current snapshot
         self.listener = listener
         self.peer = peer  # the real client: from a PROXY header when one was accepted
@@ -227,7 +232,6 @@ class ClientConnection:
         self._close_requested = trio.Event()
         self._shutdown_requested = False
         self._wakeup = _Wakeup()
-        self._timer_scope: trio.CancelScope | None = None
         self._last_activity = 0.0
         self._opened_at = 0.0
 
@@ -258,6 +262,8 @@ class ClientConnection:
             self._finish_as("internal-error")
             self._log.exception("connection failed unexpectedly")
         finally:
+            if self._timers is not None:
+                self._timers.cancel(self)
             with trio.CancelScope(shield=True):
                 await self._close_streams()
             self._log_closed()
@@ -292,8 +298,11 @@ class ClientConnection:
                 )
                 nursery.start_soon(self._write_loop, side)
                 nursery.start_soon(self._read_loop, side)
-            nursery.start_soon(self._timer_loop)
+            if self._timers is None:
+                self._timers = Timers(on_error=self._timer_failed)
+                nursery.start_soon(self._timers.run)
             self._relaying = True
+            self._schedule_deadline()
             if self._shutdown_requested:
                 self._handle(session.shutdown())
             await self._close_requested.wait()
@@ -344,8 +353,8 @@ class ClientConnection:
             self._close_requested.set()
             for scope in self._receive_scopes.values():
                 scope.cancel()
-            if self._timer_scope is not None:
-                self._timer_scope.cancel()
+            if self._timers is not None:
+                self._timers.cancel(self)
             self._wake()
 
     # ------------------------------------------------------------------ events
@@ -371,8 +380,11 @@ class ClientConnection:
 
     def _wake(self) -> None:
         self._wakeup.notify()
-        if self._timer_scope is not None and not self._closing:
-            self._timer_scope.deadline = self._idle_deadline()
+        self._schedule_deadline()
+
+    def _schedule_deadline(self) -> None:
+        if self._relaying and not self._closing and self._timers is not None:
+            self._timers.schedule(self, self._idle_deadline())
 
     def _observe(self, event: ev.Observation) -> None:
         match event:
@@ -538,21 +550,21 @@ class ClientConnection:
             last = max(last, self._writers[_Side.CLIENT].last_write_at)
         return last + timeouts.idle
 
-    async def _timer_loop(self) -> None:
+    def deadline_reached(self) -> None:
+        """Called by `Timers` when the scheduled deadline has come (see `_idle_deadline`)."""
         session = self._session
-        assert session is not None
-        while not self._closing:
-            with trio.CancelScope(deadline=self._idle_deadline()) as scope:
-                self._timer_scope = scope
-                await trio.sleep_forever()
-            self._timer_scope = None
-            if self._closing:
-                return
-            if trio.current_time() >= self._idle_deadline():
-                self._log.info("timed out", kind=session.idle_deadline_kind)
-                self._last_activity = trio.current_time()  # no busy loop if it stays open
-                self._finish_as("timeout")
-                self._handle(session.timed_out())
+        if self._closing or session is None:
+            return
+        if trio.current_time() < self._idle_deadline():
+            self._schedule_deadline()  # activity since: the deadline moved later
+            return
+        self._log.info("timed out", kind=session.idle_deadline_kind)
+        self._last_activity = trio.current_time()  # no busy loop if it stays open
+        self._finish_as("timeout")
+        self._handle(session.timed_out())
+
+    def _timer_failed(self, exc: BaseException) -> None:
+        self._log.error("timeout handling failed", exc_info=exc)
 
     # ------------------------------------------------------------------- logs
 

@@ -22,8 +22,8 @@ How this works:
   task when no write is under way and what is queued is small. A request/response round
   trip then costs no task switch to the writer; anything larger, a TLS step at the head
   of the queue, or a write already under way is left to `run()`, which is woken. Only
-  `run()` and `flush()` write, under one lock taken without waiting, so two tasks never
-  call `send_all` on the stream at once. Stream errors propagate out of both: the caller
+  `run()` and `flush()` write, each only while the other is not (one flag), so two tasks
+  never call `send_all` on the stream at once. Stream errors propagate out of both: the caller
   translates them, once, for its side.
 """
 
@@ -99,8 +99,7 @@ class QueuedWriter:
         self._on_relief = on_relief
         self._queue: deque[bytes | Action] = deque()
         self._queued_bytes = 0
-        self._in_progress = False
-        self._writing = trio.StrictFIFOLock()  # held around every write, by either task
+        self._in_progress = False  # a write (or step) is under way, by run() or flush()
         self._closed = False
         self._stopped = False
         self._relief_owed = False
@@ -160,16 +159,16 @@ class QueuedWriter:
             self._stopped
             or self._queued_bytes > INLINE_FLUSH_MAX
             or not isinstance(self._queue[0], bytes)
-            or self._writing.locked()
+            or self._in_progress
         ):
             self._poke()
             return
-        self._writing.acquire_nowait()
+        self._in_progress = True
         try:
             while self._queue and isinstance(self._queue[0], bytes):
                 await self._write_chunk()
         finally:
-            self._writing.release()
+            self._in_progress = False
         if self._queue or self._closed:
             self._poke()  # a step to run, or run() to let return
         else:
@@ -229,34 +228,30 @@ class QueuedWriter:
 
     async def _write_until_closed(self) -> None:
         while True:
-            if not self._queue:
-                self._idle.set()
-                if self._closed:
-                    return
+            if not self._queue or self._in_progress:
+                # Nothing to do, or a flush() is writing: it pokes when it leaves work.
+                if not self._queue:
+                    self._idle.set()
+                    if self._closed:
+                        return
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
                 continue
-            async with self._writing:  # a flush() from a producer may be writing
-                if not self._queue:
-                    continue
-                head = self._queue[0]
+            head = self._queue[0]
+            self._in_progress = True
+            try:
                 if isinstance(head, bytes):
                     await self._write_chunk()
                 else:
-                    self._in_progress = True
-                    try:
-                        self._queue.popleft()
-                        await head()
-                    finally:
-                        self._in_progress = False
+                    self._queue.popleft()
+                    await head()
+            finally:
+                self._in_progress = False
 
     async def _write_chunk(self) -> None:
-        self._in_progress = True
-        try:
-            chunk = self._take_chunk()
-            await self.stream.send_all(chunk)
-        finally:
-            self._in_progress = False
+        """Write the next chunk; the caller has set `_in_progress`."""
+        chunk = self._take_chunk()
+        await self.stream.send_all(chunk)
         self._queued_bytes -= len(chunk)
         self.bytes_written += len(chunk)
         self.writes += 1

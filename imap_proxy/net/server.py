@@ -73,6 +73,7 @@ from imap_proxy.net.proxy_protocol import (
     ProxyHeaderRefused,
     ProxyProtocolPolicy,
 )
+from imap_proxy.net.timers import Timers
 from imap_proxy.net.tls import server_ssl_context
 from imap_proxy.net.upstream import Dialer, UpstreamDialer
 from imap_proxy.observe.http import ReadyCheck, serve_proxy_observability
@@ -217,6 +218,8 @@ class _Server:
         self.rules: RuleStore | None = None
         limits = config.limits
         self.limiter = ConnectionLimiter(limits.max_connections, limits.max_connections_per_ip)
+        # One task keeps every connection's pre-auth and idle deadline.
+        self.timers = Timers(on_error=self._timer_failed)
 
     async def accept_loop(
         self, listener: trio.SocketListener, name: str, connections: trio.Nursery
@@ -260,9 +263,14 @@ class _Server:
             observer=self.observer,
             proxied_by=proxied_by,
             rules=self.rules,
+            timers=self.timers,
         )
         self.handle._add(connection)
         connections.start_soon(self.run_connection, connection)
+
+    @staticmethod
+    def _timer_failed(exc: BaseException) -> None:
+        _log.error("timeout handling failed", exc_info=exc)
 
     def instrumented(self, dialer: Dialer) -> Dialer:
         """With metrics, a dialer that counts and times the upstream connects."""
@@ -467,6 +475,7 @@ async def serve(
         _log.info("listening", listener=bound.listener, address=bound.host, port=bound.port)
     try:
         async with trio.open_nursery() as connections:
+            connections.start_soon(server.timers.run)
             if config.metrics_listen is not None and metrics is not None:
                 handle.metrics_port = await connections.start(
                     serve_proxy_observability, config, metrics, handle.ready_checks

@@ -16,6 +16,7 @@ non-synchronizing literals for upstreams without it.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -68,7 +69,11 @@ def client_capabilities(upstream: Iterable[str], transport: ClientTransport) -> 
 
 
 def split_capabilities(text: bytes) -> list[str]:
-    return text.decode("ascii", "replace").split()
+    # Interned: thousands of sessions hold the same few dozen capability names.
+    names = text.decode("ascii", "replace").split()
+    for index, name in enumerate(names):
+        names[index] = sys.intern(name)
+    return names
 
 
 def capabilities_in_line(line: bytes) -> list[str] | None:
