@@ -247,6 +247,8 @@ class RecorderConfig(_Strict):
     def _enabled_needs_a_directory(self) -> RecorderConfig:
         if self.enabled and self.directory is None:
             raise ValueError("recorder.enabled needs recorder.directory")
+        if self.max_total_bytes < self.max_file_bytes:
+            raise ValueError("recorder.max_total_bytes must be at least max_file_bytes")
         return self
 
 

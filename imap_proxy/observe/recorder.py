@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
 from imap_proxy.config import RecorderConfig
+from imap_proxy.config_loader import ConfigError
 from imap_proxy.observe.logging import get_logger
 from imap_proxy.observe.redact import StreamRedactor
 from imap_proxy.session import events as ev
@@ -252,6 +253,8 @@ class _Recording:
         lines, self.pending = self.pending, []
         if chosen:
             self.write(lines)
+        else:
+            self.stop(None)  # from here on the session runs unrecorded: no more work
 
     def write(self, lines: list[str]) -> None:
         if self.stopped or not lines:
@@ -390,10 +393,24 @@ class Recorder:
         self.directory = config.directory
         self._rng = rng
         self.has_filters = bool(config.users or config.families)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        finished = sorted(self.directory.glob("*" + SUFFIX), key=lambda p: p.stat().st_mtime)
-        self._finished: deque[tuple[Path, int]] = deque((p, p.stat().st_size) for p in finished)
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            finished = [(p.stat().st_mtime, p) for p in self.directory.glob("*" + SUFFIX)]
+            sizes = [(p, p.stat().st_size) for _mtime, p in sorted(finished)]
+        except OSError as error:
+            raise ConfigError(
+                [f"recorder.directory: {self.directory}: {error.strerror or error}"]
+            ) from None
+        self._finished: deque[tuple[Path, int]] = deque(sizes)
         self._total = sum(size for _path, size in self._finished)
+        _log.info(
+            "recording sessions",
+            directory=str(self.directory),
+            sample_rate=config.sample_rate,
+            users=len(config.users),
+            families=config.families,
+            keep_literals=config.keep_literals.value,
+        )
 
     def session_factory(self, inner: SessionFactory) -> SessionFactory:
         def factory(settings: SessionSettings) -> SessionLike:
@@ -411,7 +428,9 @@ class Recorder:
         safe_id = "".join(c if c.isalnum() or c in "-_" else "_" for c in session_id)
         name = time.strftime("%Y%m%dT%H%M%SZ", started) + f"-{safe_id}{PART_SUFFIX}"
         path = self.directory / name
-        return path, path.open("x", encoding="utf-8", newline="\n")
+        # Transcripts hold mail: readable by the proxy's user only.
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        return path, open(descriptor, "w", encoding="utf-8", newline="\n")
 
     def finished(self, part: Path) -> None:
         """A transcript is complete: rename it and delete the oldest beyond the cap."""

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from imap_proxy.config import RecorderConfig
+from imap_proxy.config_loader import ConfigError
 from imap_proxy.observe.recorder import Recorder, RecordingSession
 from imap_proxy.quirks.model import RuleSet
 from imap_proxy.session import events as ev
@@ -42,27 +46,45 @@ class Recorded:
         return transcript.parse(self.text)
 
 
-def drive(session: Any, script: Script) -> bytes:
+DIRECTIVE_CALLS = {
+    "upstream-closed": "upstream_closed",
+    "client-closed": "client_closed",
+    "client-tls": "client_tls_established",
+    "shutdown": "shutdown",
+    "timed-out": "timed_out",
+}
+
+
+def drive(session: Any, script: Script, chunk: int = 0) -> bytes:
+    """Run the script; `chunk` > 0 feeds the bytes in pieces of that size."""
     to_client = b""
     for who, data in script:
-        if who == "s":
-            events = session.receive_from_upstream(data)
-        elif who == "c":
-            events = session.receive_from_client(data)
+        if who == "!":
+            batches = [getattr(session, DIRECTIVE_CALLS[data.decode()])()]
         else:
-            events = {"upstream-closed": session.upstream_closed}[data.decode()]()
-        to_client += b"".join(e.data for e in events if isinstance(e, ev.SendToClient))
+            receive = session.receive_from_upstream if who == "s" else session.receive_from_client
+            size = chunk or len(data)
+            batches = [receive(data[i : i + size]) for i in range(0, len(data), size)]
+        for events in batches:
+            to_client += b"".join(e.data for e in events if isinstance(e, ev.SendToClient))
     return to_client
 
 
 def record(
-    tmp_path: Path, script: Script, session_id: str = "s1", **config: Any
+    tmp_path: Path,
+    script: Script,
+    session_id: str = "s1",
+    *,
+    chunk: int = 0,
+    settings: SessionSettings | None = None,
+    **config: Any,
 ) -> Recorded | None:
-    settings = SessionSettings(peer=PeerInfo("192.0.2.1", 4000, "imap", session_id))
+    peer = PeerInfo("192.0.2.1", 4000, "imap", session_id)
+    settings = settings or SessionSettings(peer=peer)
     directory = tmp_path / "rec"
     recorder = Recorder(RecorderConfig(enabled=True, directory=directory, **config))
     session = recorder.wrap(ProxySession(settings), settings)
-    live = drive(session, script)
+    live = drive(session, script, chunk)
     session.finish("closed")
     path = directory / f"{session_id}.trace"
     found = [p for p in directory.glob(f"*-{session_id}.trace")]
@@ -86,8 +108,12 @@ def assert_replays_to_live(recorded: Recorded) -> None:
 # --- credentials ----------------------------------------------------------------------
 
 
-def test_login_with_atom_password_is_redacted(tmp_path: Path) -> None:
-    recorded = record(tmp_path, login_script(b"a1 LOGIN alice hunter2\r\n"))
+CHUNKS = pytest.mark.parametrize("chunk", [0, 1, 3], ids=["whole", "bytes", "threes"])
+
+
+@CHUNKS
+def test_login_with_atom_password_is_redacted(tmp_path: Path, chunk: int) -> None:
+    recorded = record(tmp_path, login_script(b"a1 LOGIN alice hunter2\r\n"), chunk=chunk)
     assert recorded is not None
     assert "hunter2" not in recorded.text
     assert 'C: a1 LOGIN alice "[redacted]"' in recorded.text
@@ -104,8 +130,9 @@ def test_login_with_quoted_password_is_redacted(tmp_path: Path) -> None:
     assert_replays_to_live(recorded)
 
 
+@CHUNKS
 @pytest.mark.parametrize("marker", [b"+", b""], ids=["literal-plus", "synchronizing"])
-def test_login_with_literal_password_is_redacted(tmp_path: Path, marker: bytes) -> None:
+def test_login_with_literal_password_is_redacted(tmp_path: Path, marker: bytes, chunk: int) -> None:
     secret = PASSWORD.encode()
     first = b"a1 LOGIN {5%s}\r\nalice {%d%s}\r\n" % (marker, len(secret), marker)
     script: list[tuple[str, bytes]] = [("s", GREETING)]
@@ -120,7 +147,7 @@ def test_login_with_literal_password_is_redacted(tmp_path: Path, marker: bytes) 
             ("c", secret + b"\r\n"),
         ]
     script += [("s", b"a1 OK logged in\r\n"), ("c", b"a2 LOGOUT\r\n")]
-    recorded = record(tmp_path, script)
+    recorded = record(tmp_path, script, chunk=chunk)
     assert recorded is not None
     assert "s3cret" not in recorded.text
     # The announcement is rewritten to the replacement's size, so the stream still frames.
@@ -133,7 +160,10 @@ def _plain(password: str, user: str = "alice") -> bytes:
     return base64.b64encode(f"\0{user}\0{password}".encode())
 
 
-def test_authenticate_plain_continuation_is_redacted_and_keeps_the_user(tmp_path: Path) -> None:
+@CHUNKS
+def test_authenticate_plain_continuation_is_redacted_and_keeps_the_user(
+    tmp_path: Path, chunk: int
+) -> None:
     response = _plain(PASSWORD)
     script = [
         ("s", GREETING),
@@ -143,7 +173,7 @@ def test_authenticate_plain_continuation_is_redacted_and_keeps_the_user(tmp_path
         ("s", b"a1 OK authenticated\r\n"),
         ("c", b"a2 NOOP\r\n"),
     ]
-    recorded = record(tmp_path, script)
+    recorded = record(tmp_path, script, chunk=chunk)
     assert recorded is not None
     assert response.decode() not in recorded.text and "s3cret" not in recorded.text
     sasl = [e.data for e in recorded.entries if e.prefix == "C" and e.data.startswith(b"AG")]
@@ -220,8 +250,9 @@ def fetch_script() -> Script:
     ]
 
 
-def test_literals_are_hashed_by_default(tmp_path: Path) -> None:
-    recorded = record(tmp_path, fetch_script())
+@CHUNKS
+def test_literals_are_hashed_by_default(tmp_path: Path, chunk: int) -> None:
+    recorded = record(tmp_path, fetch_script(), chunk=chunk)
     assert recorded is not None
     assert "private" not in recorded.text
     digest = hashlib.sha256(BODY).hexdigest()
@@ -252,8 +283,11 @@ def test_literals_none_keeps_only_the_size_and_small_literals(tmp_path: Path) ->
     assert "C: Inbox" in recorded.text  # a mailbox name is not a body
 
 
-def test_literals_full_keeps_everything_and_replays_to_the_live_bytes(tmp_path: Path) -> None:
-    recorded = record(tmp_path, fetch_script(), keep_literals="full")
+@CHUNKS
+def test_literals_full_keeps_everything_and_replays_to_the_live_bytes(
+    tmp_path: Path, chunk: int
+) -> None:
+    recorded = record(tmp_path, fetch_script(), keep_literals="full", chunk=chunk)
     assert recorded is not None
     assert "Line 039 of a message body that is private." in recorded.text
     assert "hunter2" not in recorded.text  # credentials go whatever the literal policy
@@ -274,6 +308,68 @@ def test_bytes_that_are_not_text_round_trip_through_base64(tmp_path: Path) -> No
     assert recorded is not None
     assert "S64: " in recorded.text
     assert_replays_to_live(recorded)
+
+
+# --- the shape of a transcript ---------------------------------------------------------
+
+
+def test_pipelined_commands_are_each_one_relayed_entry(tmp_path: Path) -> None:
+    script = [
+        ("s", GREETING),
+        ("c", b"a1 LOGIN alice hunter2\r\na2 SELECT INBOX\r\na3 NOOP\r\n"),
+        ("s", b"a1 OK in\r\n* 3 EXISTS\r\na2 OK selected\r\na3 OK\r\n"),
+    ]
+    recorded = record(tmp_path, script)
+    assert recorded is not None
+    body = [line for line in recorded.text.splitlines() if line[:2] in ("C:", "S:")]
+    assert body == [
+        'C: a1 LOGIN alice "[redacted]"',
+        "C: a2 SELECT INBOX",
+        "C: a3 NOOP",
+        "S: a1 OK in",
+        "S: * 3 EXISTS",
+        "S: a2 OK selected",
+        "S: a3 OK",
+    ]
+    assert_replays_to_live(recorded)
+
+
+def test_starttls_shutdown_and_close_are_directives_a_replay_repeats(tmp_path: Path) -> None:
+    settings = SessionSettings(starttls_available=True, peer=PeerInfo(session_id="s1"))
+    script = [
+        ("s", GREETING),
+        # Plaintext pipelined after STARTTLS is dropped by the session, live and replayed.
+        ("c", b"a1 STARTTLS\r\na2 LOGIN alice hunter2\r\n"),
+        ("!", b"client-tls"),
+        ("c", b"a3 LOGIN alice hunter2\r\n"),
+        ("s", b"a3 OK in\r\n"),
+        ("c", b"a4 IDLE\r\n"),
+        ("s", b"+ idling\r\n"),
+        ("!", b"shutdown"),
+        ("s", b"a4 OK idle done\r\n"),
+        ("!", b"upstream-closed"),
+    ]
+    recorded = record(tmp_path, script, settings=settings)
+    assert recorded is not None
+    assert "hunter2" not in recorded.text
+    directives = [e.data for e in recorded.entries if e.prefix == "!"]
+    assert directives[1:] == [b"client-tls", b"shutdown", b"upstream-closed"]
+    assert directives[0].startswith(b"session {") and b'"starttls_available": true' in directives[0]
+    assert b"* BYE" in recorded.live_client  # the drain's last word
+    assert_replays_to_live(recorded)
+
+
+def test_transcript_files_are_private_to_the_proxy_user(tmp_path: Path) -> None:
+    recorded = record(tmp_path, login_script(b"a1 LOGIN alice hunter2\r\n"))
+    assert recorded is not None
+    assert recorded.path.stat().st_mode & 0o777 == 0o600
+
+
+def test_an_unusable_directory_is_a_configuration_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError, match=r"recorder\.directory"):
+        Recorder(RecorderConfig(enabled=True, directory=blocker / "rec"))
 
 
 # --- size cap and rotation -------------------------------------------------------------
@@ -422,3 +518,27 @@ def test_a_write_failure_ends_the_recording_not_the_session(tmp_path: Path) -> N
     assert live.startswith(b"* OK [CAPABILITY")
     assert b"a1 OK logged in\r\n" in live
     assert not directory.exists()
+
+
+# --- any chunking -----------------------------------------------------------------------
+
+LOGINS = [
+    b"a1 LOGIN alice hunter2\r\n",
+    b'a1 LOGIN "alice" "hunter2"\r\n',
+    b"a1 LOGIN {5+}\r\nalice {7+}\r\nhunter2\r\n",
+    b"a1 AUTHENTICATE PLAIN " + base64.b64encode(b"\0alice\0hunter2") + b"\r\n",
+]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 64), st.sampled_from(LOGINS))
+def test_any_chunking_records_no_secret_and_replays_to_the_live_bytes(
+    chunk: int, login: bytes
+) -> None:
+    script = [*login_script(login), *fetch_script()[3:]]
+    with tempfile.TemporaryDirectory() as directory:
+        recorded = record(Path(directory), script, chunk=chunk, keep_literals="full")
+    assert recorded is not None
+    assert "hunter2" not in recorded.text
+    assert base64.b64encode(b"\0alice\0hunter2").decode() not in recorded.text
+    assert_replays_to_live(recorded)
