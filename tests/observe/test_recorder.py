@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -438,12 +438,14 @@ class ScriptedSession:
     shutdown = timed_out = client_closed
 
 
-def recorded_ids(tmp_path: Path, sessions: dict[str, list[ev.Event]], **config: Any) -> set[str]:
+def recorded_ids(
+    tmp_path: Path, sessions: Mapping[str, Sequence[ev.Event]], **config: Any
+) -> set[str]:
     directory = tmp_path / "sel"
     recorder = Recorder(RecorderConfig(enabled=True, directory=directory, **config))
     for session_id, events in sessions.items():
         settings = SessionSettings(peer=PeerInfo(session_id=session_id))
-        wrapped = recorder.wrap(ScriptedSession(events), settings)  # type: ignore[arg-type]
+        wrapped = recorder.wrap(ScriptedSession(list(events)), settings)
         wrapped.receive_from_upstream(b"* OK hi\r\n")
         wrapped.receive_from_client(b"a1 NOOP\r\n")
         wrapped.client_closed()
@@ -465,7 +467,7 @@ def test_users_filter_records_only_those_users(tmp_path: Path) -> None:
 
 
 def test_families_filter_records_only_those_clients(tmp_path: Path) -> None:
-    sessions = {
+    sessions: dict[str, list[ev.Event]] = {
         "a": [_family("outlook"), _auth("alice")],
         "b": [_family("thunderbird"), _auth("bob")],
         "c": [_family("outlook")],  # never logged in: decided when it ends
@@ -474,7 +476,7 @@ def test_families_filter_records_only_those_clients(tmp_path: Path) -> None:
 
 
 def test_users_and_families_must_both_match(tmp_path: Path) -> None:
-    sessions = {
+    sessions: dict[str, list[ev.Event]] = {
         "a": [_family("outlook"), _auth("alice")],
         "b": [_family("outlook"), _auth("bob")],
         "c": [_family("thunderbird"), _auth("alice")],
