@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
               {PROG} run            start the proxy
               {PROG} config show    print the effective configuration as YAML
               {PROG} config schema  print the JSON Schema of the configuration file
+              {PROG} replay TRACE   replay a recorded session, with and without rules
 
             Run `{PROG} COMMAND --help` for the flags of each command.
             """
@@ -163,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     from imap_proxy.rules_cli import add_rule_commands
 
     add_rule_commands(commands)
+    from imap_proxy.replay_cli import add_replay_command
+
+    add_replay_command(commands)
     return parser
 
 

@@ -203,6 +203,55 @@ class LogConfig(_Strict):
         return value.lower() if isinstance(value, str) else value
 
 
+class KeepLiterals(enum.StrEnum):
+    """What the session recorder keeps of a literal longer than `literal_keep_octets`."""
+
+    NONE = "none"  # its size only
+    TRUNCATE = "truncate"  # its first `literal_keep_octets` octets and its size
+    HASH = "hash"  # its SHA-256 and its size
+    FULL = "full"  # all of it
+
+
+class RecorderConfig(_Strict):
+    """The session recorder: redacted C:/S: transcripts of chosen sessions (default: off).
+
+    A session is recorded when it is sampled (`sample_rate`) and matches every filter
+    that is set (`users`, `families`; empty: any). Credentials are always removed."""
+
+    enabled: bool = False
+    directory: Path | None = Field(default=None, description="where transcripts are written")
+    users: list[str] = Field(
+        default_factory=list, description="record only these users (any case; empty: any)"
+    )
+    families: list[str] = Field(
+        default_factory=list,
+        description="record only these client families, as fingerprinted (empty: any)",
+    )
+    sample_rate: float = Field(default=1.0, ge=0, le=1, description="share of sessions")
+    max_file_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=4096, description="a session's transcript stops there"
+    )
+    max_total_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=4096,
+        description="finished transcripts beyond this are deleted, oldest first",
+    )
+    keep_literals: KeepLiterals = Field(
+        default=KeepLiterals.HASH, description="none | truncate | hash | full"
+    )
+    literal_keep_octets: int = Field(
+        default=64, ge=0, description="literals up to this size are always kept"
+    )
+
+    @model_validator(mode="after")
+    def _enabled_needs_a_directory(self) -> RecorderConfig:
+        if self.enabled and self.directory is None:
+            raise ValueError("recorder.enabled needs recorder.directory")
+        if self.max_total_bytes < self.max_file_bytes:
+            raise ValueError("recorder.max_total_bytes must be at least max_file_bytes")
+        return self
+
+
 class ProxyConfig(_Strict):
     """The whole configuration of one proxy process."""
 
@@ -234,6 +283,7 @@ class ProxyConfig(_Strict):
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
     id: IdConfig = Field(default_factory=IdConfig)
     proxy_protocol: ProxyProtocolConfig = Field(default_factory=ProxyProtocolConfig)
+    recorder: RecorderConfig = Field(default_factory=RecorderConfig)
 
     @model_validator(mode="after")
     def _tls_listeners_need_a_certificate(self) -> ProxyConfig:

@@ -27,8 +27,9 @@ from imap_proxy.quirks.model import (
     rules_json_schema,
 )
 from imap_proxy.quirks.store import QuirkSnapshot, load_snapshot
-from imap_proxy.quirks.trace import CLIENT_SENDS, parse_trace
+from imap_proxy.quirks.trace import parse_trace
 from imap_proxy.wire.errors import ProtocolError
+from imap_proxy.wire.transcript import CLIENT_SENDS
 
 EXIT_OK = 0
 EXIT_INVALID = 2

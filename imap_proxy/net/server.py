@@ -79,6 +79,7 @@ from imap_proxy.net.upstream import Dialer, UpstreamDialer
 from imap_proxy.observe.http import ReadyCheck, serve_proxy_observability
 from imap_proxy.observe.logging import get_logger
 from imap_proxy.observe.metrics import Metrics, current_connection, fan_out
+from imap_proxy.observe.recorder import Recorder
 from imap_proxy.quirks.model import RuleLoadError
 from imap_proxy.quirks.store import RuleStore
 
@@ -460,6 +461,8 @@ async def serve(
     )
     store = rules if rules is not None else RuleStore.load(config.rules)
     server.rules = handle.rules = store
+    if config.recorder.enabled:
+        server.session_factory = Recorder(config.recorder).session_factory(session_factory)
     reload_rules = _rule_reloader(store, handle)
     handle.reloaders.append(reload_rules)
     if server_ssl is not None:

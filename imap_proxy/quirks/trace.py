@@ -6,7 +6,10 @@ who sent it, the format of the golden transcripts under tests/transcripts:
     C: / c:    the client sent it (relayed / answered by the proxy)
     S: / >c:   the client received it (from the upstream / from the proxy)
     s: / >s:   between proxy and upstream only (ignored here)
+    !: …       a directive (ignored here)
     # …        a comment; blank lines are ignored
+
+The format and its one parser are `imap_proxy.wire.transcript`.
 
 Every line stands for itself plus CRLF, literal data included. Client lines go through
 the wire framer, so literal octets are never mistaken for commands; each command's first
@@ -19,8 +22,6 @@ lines a client sends inside an AUTHENTICATE exchange or an IDLE are not commands
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-from pathlib import Path
 
 from imap_proxy.quirks.fingerprint import (
     ClientProfile,
@@ -29,37 +30,17 @@ from imap_proxy.quirks.fingerprint import (
     TraceStep,
     verb_as_sent,
 )
+from imap_proxy.wire import transcript
 from imap_proxy.wire.command import parse_command, parse_id_params, peek_command
 from imap_proxy.wire.errors import ProtocolError, Side
 from imap_proxy.wire.framer import NEED_DATA, Framer, LinePart, LiteralData
 from imap_proxy.wire.message import Message
+from imap_proxy.wire.transcript import CLIENT_RECEIVES, CLIENT_SENDS, TraceLine
 
-CLIENT_SENDS = frozenset({"C", "c"})
-CLIENT_RECEIVES = frozenset({"S", ">c"})
-PREFIXES = frozenset({"C", "c", "S", "s", ">c", ">s"})
+__all__ = ["TraceLine", "load_trace", "parse_trace", "replay_transcript"]
 
-
-@dataclass(frozen=True, slots=True)
-class TraceLine:
-    prefix: str
-    data: bytes
-
-
-def parse_trace(text: str) -> list[TraceLine]:
-    """Transcript text -> lines; a line without a known prefix raises ValueError."""
-    lines = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip() or raw.startswith("#"):
-            continue
-        prefix, sep, rest = raw.partition(":")
-        if not sep or prefix not in PREFIXES:
-            raise ValueError(f"line {number}: no C:/S:/c:/s:/>c:/>s: prefix: {raw[:60]!r}")
-        lines.append(TraceLine(prefix, rest.removeprefix(" ").encode("utf-8") + b"\r\n"))
-    return lines
-
-
-def load_trace(path: Path) -> list[TraceLine]:
-    return parse_trace(path.read_text(encoding="utf-8"))
+parse_trace = transcript.parse  # one parser for every transcript tool
+load_trace = transcript.load
 
 
 class _Replay:

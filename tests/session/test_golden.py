@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from imap_proxy.quirks.store import load_snapshot
 from imap_proxy.session import events as ev
+from imap_proxy.session.replay import replay as replay_recording
 from imap_proxy.session.settings import SessionSettings
 from imap_proxy.session.state import ProtocolState
+from imap_proxy.wire import transcript
 from tests.support.transcript import (
+    TRANSCRIPTS,
     Chunker,
     ReplayResult,
     byte_at_a_time,
@@ -95,3 +101,36 @@ def test_with_no_rules_the_relayed_bytes_are_the_upstream_bytes() -> None:
     )
     assert result.to_upstream == want_upstream
     assert not result.of_type(ev.RuleApplied)
+
+
+# --- recorded sessions: drop a recording into tests/transcripts/recorded/ ---------------
+
+RECORDED = sorted((TRANSCRIPTS / "recorded").glob("*.trace"))
+
+
+@pytest.mark.parametrize("chunker", CHUNKERS.values(), ids=CHUNKERS.keys())
+@pytest.mark.parametrize("path", RECORDED, ids=[path.name for path in RECORDED])
+def test_recorded_sessions_replay_to_their_recorded_bytes(path: Path, chunker: Chunker) -> None:
+    """A recording is a regression test as it stands: with the rules a default proxy runs
+    (and the settings in its `!: session` line), a fresh session must send the client and
+    the upstream exactly the recorded bytes."""
+    entries = transcript.load(path)
+    snapshot = load_snapshot(None)
+    result = replay_recording(
+        entries, rules=snapshot.rules, fingerprints=snapshot.fingerprints, chunker=chunker
+    )
+    assert result.to_client == transcript.client_bytes(entries)
+    assert result.to_upstream == transcript.upstream_bytes(entries)
+    assert result.upstream_divergence is None
+
+
+def test_a_recording_whose_client_bytes_were_edited_fails_that_check() -> None:
+    """The check above can fail: a recorded greeting edited by hand no longer matches."""
+    entries = transcript.load(RECORDED[0])
+    greeting = next(i for i, e in enumerate(entries) if e.prefix == ">c")
+    edited = entries[greeting].data.replace(b" IDLE", b"")
+    assert edited != entries[greeting].data
+    entries[greeting] = transcript.TraceLine(">c", edited)
+    snapshot = load_snapshot(None)
+    result = replay_recording(entries, rules=snapshot.rules, fingerprints=snapshot.fingerprints)
+    assert result.to_client != transcript.client_bytes(entries)

@@ -9,9 +9,12 @@ it and whether the proxy passes it on:
     c: …   the client sends it; the proxy handles it and sends nothing upstream
     >c: …  the proxy itself sends this to the client
     >s: …  the proxy itself sends this upstream
+    !: …   a directive (`upstream-closed`, `session {…}`: see imap_proxy/wire/transcript.py)
     # …    a comment; blank lines are ignored
 
-Every line ends in CRLF on the wire, literal data included (so a literal's content is
+The format, its one parser and the replay are the package's (imap_proxy.wire.transcript,
+imap_proxy.session.replay); this module adds the chunkers and the default rules. Every
+line ends in CRLF on the wire, literal data included (so a literal's content is
 written as the lines that follow its announcement). `replay()` feeds the inputs in order,
 each split by a chunking strategy (whole, byte at a time, random), and returns what the
 proxy sent each way plus its observations; `expected_outputs()` is what it must have sent.
@@ -20,67 +23,30 @@ proxy sent each way plus its observations; `expected_outputs()` is what it must 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 from imap_proxy.quirks.model import load_rules
-from imap_proxy.session import events as ev
-from imap_proxy.session.proxy import ProxySession
+from imap_proxy.session.replay import Chunker, ReplayResult, whole
+from imap_proxy.session.replay import replay as replay_transcript
 from imap_proxy.session.settings import SessionSettings
+from imap_proxy.wire.transcript import TraceLine, client_bytes, parse, upstream_bytes
 
-T = TypeVar("T")
+__all__ = ["Chunker", "ReplayResult", "Step", "parse", "whole"]
+
 SHIPPED_RULES = load_rules()  # transcripts replay with the rules a default proxy runs
 TRANSCRIPTS = Path(__file__).parent.parent / "transcripts"
 
-Chunker = Callable[[bytes], Iterator[bytes]]
-
-
-@dataclass(frozen=True)
-class Step:
-    prefix: str
-    data: bytes
-
-
-@dataclass
-class ReplayResult:
-    to_client: bytes = b""
-    to_upstream: bytes = b""
-    events: list[ev.Event] = field(default_factory=list)
-    session: ProxySession | None = None
-
-    def of_type(self, kind: type[T]) -> list[T]:
-        return [e for e in self.events if isinstance(e, kind)]
+Step = TraceLine  # one entry of a transcript (imap_proxy.wire.transcript)
 
 
 def load(name: str) -> list[Step]:
     return parse((TRANSCRIPTS / name).read_text(encoding="utf-8"))
 
 
-def parse(text: str) -> list[Step]:
-    steps = []
-    for raw in text.splitlines():
-        if not raw.strip() or raw.startswith("#"):
-            continue
-        prefix, sep, rest = raw.partition(":")
-        if not sep or prefix not in ("S", "C", "s", "c", ">c", ">s"):
-            raise ValueError(f"bad transcript line: {raw!r}")
-        if rest.startswith(" "):
-            rest = rest[1:]
-        steps.append(Step(prefix, rest.encode("utf-8") + b"\r\n"))
-    return steps
-
-
 def expected_outputs(steps: list[Step]) -> tuple[bytes, bytes]:
     """(bytes the client must receive, bytes the upstream must receive)."""
-    client = b"".join(s.data for s in steps if s.prefix in ("S", ">c"))
-    upstream = b"".join(s.data for s in steps if s.prefix in ("C", ">s"))
-    return client, upstream
-
-
-def whole(data: bytes) -> Iterator[bytes]:
-    yield data
+    return client_bytes(steps), upstream_bytes(steps)
 
 
 def byte_at_a_time(data: bytes) -> Iterator[bytes]:
@@ -104,25 +70,10 @@ def random_chunks(seed: int) -> Chunker:
 def replay(
     steps: list[Step], chunker: Chunker = whole, settings: SessionSettings | None = None
 ) -> ReplayResult:
-    session = ProxySession(settings or SessionSettings(rules=SHIPPED_RULES))
-    result = ReplayResult(session=session)
-
-    def take(events: list[ev.Event]) -> None:
-        for event in events:
-            if isinstance(event, ev.SendToClient):
-                result.to_client += event.data
-            elif isinstance(event, ev.SendToUpstream):
-                result.to_upstream += event.data
-            result.events.append(event)
-
-    for step in steps:
-        if step.prefix in ("S", "s"):
-            for chunk in chunker(step.data):
-                take(session.receive_from_upstream(chunk))
-        elif step.prefix in ("C", "c"):
-            for chunk in chunker(step.data):
-                take(session.receive_from_client(chunk))
-    return result
+    """The package's replay (imap_proxy.session.replay), by default with the shipped rules."""
+    return replay_transcript(
+        steps, settings=settings or SessionSettings(rules=SHIPPED_RULES), chunker=chunker
+    )
 
 
 CHUNKERS_FOR_UNIT: list[Chunker] = [whole, byte_at_a_time, random_chunks(1)]
