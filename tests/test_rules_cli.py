@@ -104,7 +104,7 @@ def assert_refused(capsys: pytest.CaptureFixture[str], *expected: str) -> str:
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        (b"X: junk\n", "not a transcript: line 1: no C:/S:/c:/s:/>c:/>s: prefix: 'X: junk'"),
+        (b"X: junk\n", "not a transcript: line 1: no C:/S:/c:/s:/>c:/>s:/!: prefix: 'X: junk'"),
         (b"\xff\xfe\x00\x01", "not a transcript: not UTF-8 text"),
         (b"", "not a transcript: no client (C:) lines"),
         (b"# only a comment\nS: * OK ready\n", "not a transcript: no client (C:) lines"),
