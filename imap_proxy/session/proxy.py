@@ -699,6 +699,13 @@ class ProxySession:
             if literal is None:
                 self._end_command_message()
             return
+        if msg.capture and msg.mode is _Mode.STREAM and self._over_hold_limit(msg, _size(part)):
+            # Too large to parse (a client announcing literal after literal): it still
+            # streams upstream; only the copy kept for parsing is dropped.
+            msg.capture = False
+            msg.lines.clear()
+            msg.literals.clear()
+            msg.literal = None
         if msg.capture or msg.mode is _Mode.HOLD:
             msg.lines.append(part.raw)
         if msg.mode is _Mode.HOLD:
@@ -809,7 +816,9 @@ class ProxySession:
             self._msg = None
             self._held_command_complete(msg)
             return
-        if literal.size > self.settings.capture_literal_max:
+        if literal.size > self.settings.capture_literal_max or self._over_hold_limit(
+            msg, literal.size
+        ):
             msg.mode = _Mode.DISCARD
             self._answer(msg.tag, msg.name, b"BAD Argument too long")
             if literal.synchronizing:
@@ -819,6 +828,14 @@ class ProxySession:
         self._begin_capture(msg, literal.size)
         if literal.synchronizing:
             self._to_client(b"+ Ready for literal data\r\n")
+
+    def _over_hold_limit(self, msg: _ClientMessage, extra: int) -> bool:
+        """A command kept whole may hold one line's worth of lines plus one literal's
+        worth of literals (`extra`: octets about to be added); more (a literal announced
+        after every literal) is refused, so what a session keeps stays bounded."""
+        held = sum(map(len, msg.lines)) + sum(len(data or b"") for data in msg.literals)
+        limit = self.settings.client_limits.max_line_length + self.settings.capture_literal_max
+        return held + extra > limit
 
     def _held_command_complete(self, msg: _ClientMessage) -> None:
         message = msg.message()
@@ -876,6 +893,11 @@ class ProxySession:
         self._to_upstream(part)
         if self._proxy_parts:
             self._await = _Await.PROXY_LITERAL
+
+
+def _size(part: LinePart) -> int:
+    """Octets a line and the literal it announces add to a message."""
+    return len(part.raw) + (part.literal.size if part.literal is not None else 0)
 
 
 def _status_of(line: bytes) -> bytes:
