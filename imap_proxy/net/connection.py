@@ -14,8 +14,11 @@ the configuration (`session_settings()`), then runs five tasks in one nursery:
   per destination and never overlap. TLS switches (StartClientTLS / StartUpstreamTLS) are
   queued on the writer of that side as steps: they run once everything queued before
   them is written, wrap the stream in `trio.SSLStream`, shake hands, and tell the session;
-* a timer, whose cancel-scope deadline follows `session.idle_deadline_kind` (pre-auth or
-  idle timeout, counted from the client's last activity); on expiry `session.timed_out()`.
+* a timer, whose cancel-scope deadline follows `session.idle_deadline_kind`: the greeting
+  timeout (counted from the connection's start) until the upstream has greeted, then the
+  pre-auth or idle timeout, counted from the client's last activity; on expiry
+  `session.timed_out()`. Before login only a read that starts a command counts as
+  activity, so a client trickling a byte at a time cannot hold a connection open.
   The deadline is recomputed after every batch; an early wake-up just re-arms.
 
 Event handling is synchronous (it only queues), so the tasks never interleave inside it.
@@ -441,7 +444,13 @@ class ClientConnection:
         if side in self._tls_pending:
             return False
         if side is _Side.CLIENT:
-            return not session.client_paused and not self._writers[_Side.UPSTREAM].above_high_water
+            # Nor while the client does not read its answers (those the proxy gives itself
+            # would otherwise pile up without bound).
+            return (
+                not session.client_paused
+                and not self._writers[_Side.UPSTREAM].above_high_water
+                and not self._writers[_Side.CLIENT].above_high_water
+            )
         return not session.upstream_paused and not self._writers[_Side.CLIENT].above_high_water
 
     async def _read_loop(self, side: _Side) -> None:
@@ -471,8 +480,11 @@ class ClientConnection:
             data = received if isinstance(received, bytes) else bytes(received)
             if side is _Side.CLIENT:
                 self.stats.bytes_from_client += len(data)
-                self._last_activity = trio.current_time()
-                self._handle(session.receive_from_client(data))
+                preauth = session.idle_deadline_kind == "preauth"
+                events = session.receive_from_client(data)
+                if not preauth or any(isinstance(e, ev.CommandStarted) for e in events):
+                    self._last_activity = trio.current_time()
+                self._handle(events)
             else:
                 self.stats.bytes_from_upstream += len(data)
                 self._handle(session.receive_from_upstream(data))
@@ -517,6 +529,8 @@ class ClientConnection:
         if kind is None:
             return math.inf
         timeouts = self._config.timeouts
+        if kind == "greeting":
+            return self._opened_at + timeouts.greeting
         if kind == "preauth":
             return self._last_activity + timeouts.preauth
         last = self._last_activity
@@ -537,7 +551,8 @@ class ClientConnection:
             if trio.current_time() >= self._idle_deadline():
                 self._log.info("timed out", kind=session.idle_deadline_kind)
                 self._last_activity = trio.current_time()  # no busy loop if it stays open
-                self._finish_as("timeout")
+                if session.idle_deadline_kind != "greeting":  # that one is the upstream's
+                    self._finish_as("timeout")
                 self._handle(session.timed_out())
 
     # ------------------------------------------------------------------- logs

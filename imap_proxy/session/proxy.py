@@ -9,7 +9,7 @@ How this works: the I/O layer feeds bytes in and carries out the events that com
     events = session.upstream_tls_established()      # after a StartUpstreamTLS handshake
     events = session.client_closed() / upstream_closed()
     events = session.shutdown()                      # drain: BYE as soon as nothing is in flight
-    events = session.timed_out()                     # the pre-auth or idle timer fired
+    events = session.timed_out()                     # the greeting, pre-auth or idle timer fired
     session.client_paused / session.upstream_paused  # do not read that side while True
 
 Each direction has a framer. Client messages are forwarded as their original bytes, line
@@ -124,6 +124,9 @@ class _HeldResponse:
 
 
 _Completion = Callable[[bytes, list[bytes]], None]
+_BEFORE_GREETING = frozenset(
+    {_Phase.GREETING, _Phase.UPSTREAM_STARTTLS, _Phase.UPSTREAM_TLS, _Phase.PROBING}
+)
 _MAILBOX_SWITCHES = frozenset({"SELECT", "EXAMINE", "CLOSE", "UNSELECT"})
 _BAD_STARTTLS_NOT_OFFERED = b"BAD STARTTLS is not available on this connection"
 _PRIVACY_REQUIRED = b"NO [PRIVACYREQUIRED] Log in only over TLS: use STARTTLS or the TLS port"
@@ -190,6 +193,8 @@ class ProxySession:
     def idle_deadline_kind(self) -> str | None:
         if self._phase is _Phase.CLOSED:
             return None
+        if self._phase in _BEFORE_GREETING:
+            return "greeting"  # the upstream has not made the session ready yet
         if self.state is ProtocolState.NOT_AUTHENTICATED:
             return "preauth"
         return "idling" if self._role is _Role.IDLE_DONE else "idle"
@@ -265,7 +270,11 @@ class ProxySession:
         return self._take()
 
     def timed_out(self) -> list[ev.Event]:
-        self._bye(b"Autologout; idle for too long", "timeout")
+        if self._phase in _BEFORE_GREETING:
+            self._out.append(ev.ProtocolViolation(Side.UPSTREAM, "no greeting in time"))
+            self._bye(b"[UNAVAILABLE] Upstream server did not greet in time", "upstream-greeting")
+        else:
+            self._bye(b"Autologout; idle for too long", "timeout")
         return self._take()
 
     # ---------------------------------------------------------------- plumbing
