@@ -24,6 +24,8 @@ the configuration (`session_settings()`), then runs five tasks in one nursery:
 Event handling is synchronous (it only queues), so the tasks never interleave inside it.
 A `Close` event (or a lost side) sets the closing flag: the readers stop, the writers
 flush for at most `FLUSH_TIMEOUT`, the nursery is cancelled and both streams are closed.
+When the proxy ends a plain connection, it half-closes it and reads what the client still
+sends for up to `LINGER_TIMEOUT` before closing, so the last BYE is not lost to a reset.
 Stream exceptions are translated here, once, into "that side is gone": the session is
 told (`client_closed` / `upstream_closed`) and its events (a BYE) carried out. Anything
 else that escapes is a bug: it is logged with the connection id, nothing more is sent,
@@ -56,6 +58,7 @@ from imap_proxy.wire.framer import FrameLimits
 READ_SIZE: Final = 256 * 1024
 FLUSH_TIMEOUT: Final = 5.0
 CLOSE_TIMEOUT: Final = 2.0
+LINGER_TIMEOUT: Final = 1.0  # reading what a client still sends after our last word
 LISTENER_PLAIN: Final = "imap"
 LISTENER_TLS: Final = "imaps"
 
@@ -328,6 +331,9 @@ class ClientConnection:
             self.stats.bytes_to_client += len(data)
 
     async def _close_streams(self) -> None:
+        client = self._streams[_Side.CLIENT]
+        if isinstance(client, trio.SocketStream) and self.outcome != "client-closed":
+            await _lingering_close(client)
         for stream in self._streams.values():
             with trio.move_on_after(CLOSE_TIMEOUT):
                 with contextlib.suppress(*STREAM_ERRORS):
@@ -585,6 +591,19 @@ class ClientConnection:
                 self.connection_id, self.listener, outcome, self._tls_mode, duration, replace(stats)
             )
         )
+
+
+async def _lingering_close(stream: trio.SocketStream) -> None:
+    """Half-close, then read and drop what the client still sends, for a moment.
+
+    Closing a socket with unread input makes the kernel send a reset, which can destroy
+    the last answer (a BYE) before the client reads it: the usual case when the proxy
+    ends a session while the client is still uploading (mid-APPEND).
+    """
+    with trio.move_on_after(LINGER_TIMEOUT), contextlib.suppress(*STREAM_ERRORS):
+        await stream.send_eof()
+        while await stream.receive_some(READ_SIZE):
+            pass
 
 
 def _client_safe(reason: str) -> str:
