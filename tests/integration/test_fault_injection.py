@@ -105,7 +105,12 @@ def test_converted_literal_cut_upstream_leaves_no_partial_message(
     cut = Fault("to_server", b"b APPEND", "cut", offset=30_000)
     with proxy_behind_relay(dovecot, [cut]) as proxy:
         raw = raw_login(proxy, user)
-        send_quietly(raw, b"b APPEND INBOX {%d+}\r\n" % len(MESSAGE) + MESSAGE + b"\r\n")
+        big = make_message("converted", b"q" * 3_000_000 + b"\r\n")  # more than one read
+        send_quietly(raw, b"b APPEND INBOX {%d+}\r\n" % len(big) + big + b"\r\n")
+        assert cut.fired.wait(10)
+        # Regression: the proxy closes with the client's data unread; the reset that
+        # sent used to destroy the BYE before the client (reading late) could see it.
+        time.sleep(0.5)
         assert raw.read_all() == b"* BYE [UNAVAILABLE] Upstream server closed the connection\r\n"
         raw.close()
         wait_for_no_connections(proxy)
