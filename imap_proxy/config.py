@@ -151,6 +151,12 @@ class TimeoutsConfig(_Strict):
         default=float(MIN_IDLE_TIMEOUT), gt=0, description="inactivity; at least 1800 (RFC 9051)"
     )
     tls_handshake: float = Field(default=30.0, gt=0)
+    greeting: float = Field(
+        default=30.0,
+        gt=0,
+        description="from the client's connect until the upstream has greeted (and finished "
+        "STARTTLS and the capability probe); then the client gets * BYE [UNAVAILABLE]",
+    )
     drain: float = Field(
         default=30.0, ge=0, description="on SIGTERM, how long in-flight commands may finish"
     )

@@ -17,15 +17,20 @@ the configuration (`session_settings()`), then runs four tasks in one nursery:
   TLS switches (StartClientTLS / StartUpstreamTLS) are
   queued on the writer of that side as steps: they run once everything queued before
   them is written, wrap the stream in `trio.SSLStream`, shake hands, and tell the session;
-* and a deadline that follows `session.idle_deadline_kind` (pre-auth or idle timeout,
-  counted from the client's last activity), kept by a `Timers` (timers.py) that the server
-  shares among all its connections (a connection started alone runs a private one): it
-  is rescheduled after every batch, and on expiry `deadline_reached()` either times the
+* and a deadline that follows `session.idle_deadline_kind`: the greeting timeout (counted
+  from the connection's start) until the upstream has greeted, then the pre-auth or idle
+  timeout, counted from the client's last activity. Before login only a read that starts
+  a command counts as activity, so a client trickling a byte at a time cannot hold a
+  connection open. The deadline is kept by a `Timers` (timers.py) that the server shares
+  among all its connections (a connection started alone runs a private one): it is
+  rescheduled after every batch, and on expiry `deadline_reached()` either times the
   session out (`session.timed_out()`) or, if activity moved the deadline, reschedules.
 
 Event handling is synchronous (it only queues), so the tasks never interleave inside it.
 A `Close` event (or a lost side) sets the closing flag: the readers stop, the writers
 flush for at most `FLUSH_TIMEOUT`, the nursery is cancelled and both streams are closed.
+When the proxy ends a plain connection, it half-closes it and reads what the client still
+sends for up to `LINGER_TIMEOUT` before closing, so the last BYE is not lost to a reset.
 Stream exceptions are translated here, once, into "that side is gone": the session is
 told (`client_closed` / `upstream_closed`) and its events (a BYE) carried out. Anything
 else that escapes is a bug: it is logged with the connection id, nothing more is sent,
@@ -60,6 +65,7 @@ from imap_proxy.wire.framer import FrameLimits
 READ_SIZE: Final = 256 * 1024
 FLUSH_TIMEOUT: Final = 5.0
 CLOSE_TIMEOUT: Final = 2.0
+LINGER_TIMEOUT: Final = 1.0  # reading what a client still sends after our last word
 LISTENER_PLAIN: Final = "imap"
 LISTENER_TLS: Final = "imaps"
 
@@ -340,6 +346,9 @@ class ClientConnection:
             self.stats.bytes_to_client += len(data)
 
     async def _close_streams(self) -> None:
+        client = self._streams[_Side.CLIENT]
+        if isinstance(client, trio.SocketStream) and self.outcome != "client-closed":
+            await _lingering_close(client)
         for stream in self._streams.values():
             with trio.move_on_after(CLOSE_TIMEOUT):
                 with contextlib.suppress(*STREAM_ERRORS):
@@ -461,7 +470,13 @@ class ClientConnection:
         if side in self._tls_pending:
             return False
         if side is _Side.CLIENT:
-            return not session.client_paused and not self._writers[_Side.UPSTREAM].above_high_water
+            # Nor while the client does not read its answers (those the proxy gives itself
+            # would otherwise pile up without bound).
+            return (
+                not session.client_paused
+                and not self._writers[_Side.UPSTREAM].above_high_water
+                and not self._writers[_Side.CLIENT].above_high_water
+            )
         return not session.upstream_paused and not self._writers[_Side.CLIENT].above_high_water
 
     async def _read_loop(self, side: _Side) -> None:
@@ -491,8 +506,11 @@ class ClientConnection:
             data = received if isinstance(received, bytes) else bytes(received)
             if side is _Side.CLIENT:
                 self.stats.bytes_from_client += len(data)
-                self._last_activity = trio.current_time()
-                self._handle(session.receive_from_client(data), flush_next=True)
+                preauth = session.idle_deadline_kind == "preauth"
+                events = session.receive_from_client(data)
+                if not preauth or any(isinstance(e, ev.CommandStarted) for e in events):
+                    self._last_activity = trio.current_time()
+                self._handle(events, flush_next=True)
             else:
                 self.stats.bytes_from_upstream += len(data)
                 self._handle(session.receive_from_upstream(data), flush_next=True)
@@ -546,6 +564,8 @@ class ClientConnection:
         if kind is None:
             return math.inf
         timeouts = self._config.timeouts
+        if kind == "greeting":
+            return self._opened_at + timeouts.greeting
         if kind == "preauth":
             return self._last_activity + timeouts.preauth
         last = self._last_activity
@@ -563,7 +583,8 @@ class ClientConnection:
             return
         self._log.info("timed out", kind=session.idle_deadline_kind)
         self._last_activity = trio.current_time()  # no busy loop if it stays open
-        self._finish_as("timeout")
+        if session.idle_deadline_kind != "greeting":  # that one is the upstream's
+            self._finish_as("timeout")
         self._handle(session.timed_out())
 
     def _timer_failed(self, exc: BaseException) -> None:
@@ -599,6 +620,19 @@ class ClientConnection:
                 self.connection_id, self.listener, outcome, self._tls_mode, duration, replace(stats)
             )
         )
+
+
+async def _lingering_close(stream: trio.SocketStream) -> None:
+    """Half-close, then read and drop what the client still sends, for a moment.
+
+    Closing a socket with unread input makes the kernel send a reset, which can destroy
+    the last answer (a BYE) before the client reads it: the usual case when the proxy
+    ends a session while the client is still uploading (mid-APPEND).
+    """
+    with trio.move_on_after(LINGER_TIMEOUT), contextlib.suppress(*STREAM_ERRORS):
+        await stream.send_eof()
+        while await stream.receive_some(READ_SIZE):
+            pass
 
 
 def _failure_reason(exc: BaseException) -> str:

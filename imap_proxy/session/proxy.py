@@ -9,7 +9,7 @@ How this works: the I/O layer feeds bytes in and carries out the events that com
     events = session.upstream_tls_established()      # after a StartUpstreamTLS handshake
     events = session.client_closed() / upstream_closed()
     events = session.shutdown()                      # drain: BYE as soon as nothing is in flight
-    events = session.timed_out()                     # the pre-auth or idle timer fired
+    events = session.timed_out()                     # the greeting, pre-auth or idle timer fired
     session.client_paused / session.upstream_paused  # do not read that side while True
 
 Each direction has a framer. Client messages are forwarded as their original bytes, line
@@ -124,6 +124,9 @@ class _HeldResponse:
 
 
 _Completion = Callable[[bytes, list[bytes]], None]
+_BEFORE_GREETING = frozenset(
+    {_Phase.GREETING, _Phase.UPSTREAM_STARTTLS, _Phase.UPSTREAM_TLS, _Phase.PROBING}
+)
 _MAILBOX_SWITCHES = frozenset({"SELECT", "EXAMINE", "CLOSE", "UNSELECT"})
 _BAD_STARTTLS_NOT_OFFERED = b"BAD STARTTLS is not available on this connection"
 _PRIVACY_REQUIRED = b"NO [PRIVACYREQUIRED] Log in only over TLS: use STARTTLS or the TLS port"
@@ -190,6 +193,8 @@ class ProxySession:
     def idle_deadline_kind(self) -> str | None:
         if self._phase is _Phase.CLOSED:
             return None
+        if self._phase in _BEFORE_GREETING:
+            return "greeting"  # the upstream has not made the session ready yet
         if self.state is ProtocolState.NOT_AUTHENTICATED:
             return "preauth"
         return "idling" if self._role is _Role.IDLE_DONE else "idle"
@@ -265,7 +270,11 @@ class ProxySession:
         return self._take()
 
     def timed_out(self) -> list[ev.Event]:
-        self._bye(b"Autologout; idle for too long", "timeout")
+        if self._phase in _BEFORE_GREETING:
+            self._out.append(ev.ProtocolViolation(Side.UPSTREAM, "no greeting in time"))
+            self._bye(b"[UNAVAILABLE] Upstream server did not greet in time", "upstream-greeting")
+        else:
+            self._bye(b"Autologout; idle for too long", "timeout")
         return self._take()
 
     # ---------------------------------------------------------------- plumbing
@@ -699,6 +708,13 @@ class ProxySession:
             if literal is None:
                 self._end_command_message()
             return
+        if msg.capture and msg.mode is _Mode.STREAM and self._over_hold_limit(msg, _size(part)):
+            # Too large to parse (a client announcing literal after literal): it still
+            # streams upstream; only the copy kept for parsing is dropped.
+            msg.capture = False
+            msg.lines.clear()
+            msg.literals.clear()
+            msg.literal = None
         if msg.capture or msg.mode is _Mode.HOLD:
             msg.lines.append(part.raw)
         if msg.mode is _Mode.HOLD:
@@ -809,7 +825,9 @@ class ProxySession:
             self._msg = None
             self._held_command_complete(msg)
             return
-        if literal.size > self.settings.capture_literal_max:
+        if literal.size > self.settings.capture_literal_max or self._over_hold_limit(
+            msg, literal.size
+        ):
             msg.mode = _Mode.DISCARD
             self._answer(msg.tag, msg.name, b"BAD Argument too long")
             if literal.synchronizing:
@@ -819,6 +837,14 @@ class ProxySession:
         self._begin_capture(msg, literal.size)
         if literal.synchronizing:
             self._to_client(b"+ Ready for literal data\r\n")
+
+    def _over_hold_limit(self, msg: _ClientMessage, extra: int) -> bool:
+        """A command kept whole may hold one line's worth of lines plus one literal's
+        worth of literals (`extra`: octets about to be added); more (a literal announced
+        after every literal) is refused, so what a session keeps stays bounded."""
+        held = sum(map(len, msg.lines)) + sum(len(data or b"") for data in msg.literals)
+        limit = self.settings.client_limits.max_line_length + self.settings.capture_literal_max
+        return held + extra > limit
 
     def _held_command_complete(self, msg: _ClientMessage) -> None:
         message = msg.message()
@@ -876,6 +902,11 @@ class ProxySession:
         self._to_upstream(part)
         if self._proxy_parts:
             self._await = _Await.PROXY_LITERAL
+
+
+def _size(part: LinePart) -> int:
+    """Octets a line and the literal it announces add to a message."""
+    return len(part.raw) + (part.literal.size if part.literal is not None else 0)
 
 
 def _status_of(line: bytes) -> bytes:

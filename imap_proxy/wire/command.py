@@ -95,13 +95,13 @@ def parse_command(message: Message, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Co
     tag = lexer.read_word()
     if not is_valid_tag(tag):
         raise lexer.error(f"invalid tag {tag[:40]!r}")
-    lexer.expect_space()
+    _expect_one_space(lexer, "the tag")
     name = lexer.read_word()
     if not _is_valid_name(name):
         raise lexer.error(f"invalid command name {name[:40]!r}")
     upper = name.upper().decode("ascii")
     if upper == "UID":
-        lexer.expect_space()
+        _expect_one_space(lexer, "UID")
         sub = lexer.read_word()
         if not _is_valid_name(sub):
             raise lexer.error(f"invalid UID command {sub[:40]!r}")
@@ -109,6 +109,13 @@ def parse_command(message: Message, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Co
     if not lexer.at_line_end():
         lexer.expect_space()
     return Command(tag, upper, lexer.read_values())
+
+
+def _expect_one_space(lexer: Lexer, after: str) -> None:
+    """Exactly one space, as `peek_command` (which routes the command) reads the line."""
+    lexer.expect_space()
+    if lexer.line[lexer.pos - 2 : lexer.pos] == b"  ":
+        raise lexer.error(f"more than one space after {after}")
 
 
 # Which arguments of a command are mailbox names (indices into Command.args). LIST and

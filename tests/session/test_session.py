@@ -446,3 +446,14 @@ def test_client_data_before_the_greeting_waits_for_it() -> None:
     assert session.receive_from_client(b"a CAPABILITY\r\n") == []
     out = session.receive_from_upstream((MODERN_GREETING + "\r\n").encode())
     assert sent(out, ev.SendToUpstream) == b"a CAPABILITY\r\n"
+
+
+def test_timeout_before_the_greeting_blames_the_upstream() -> None:
+    session = ProxySession(SessionSettings())
+    assert session.idle_deadline_kind == "greeting"
+    out = session.timed_out()
+    assert out == [
+        ev.ProtocolViolation(Side.UPSTREAM, "no greeting in time"),
+        ev.SendToClient(b"* BYE [UNAVAILABLE] Upstream server did not greet in time\r\n"),
+        ev.Close("upstream-greeting"),
+    ]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fuzz import targets
+from fuzz.targets import Step
 from imap_proxy.session import events as ev
 from imap_proxy.session.proxy import ProxySession
 from imap_proxy.session.settings import SessionSettings
@@ -74,3 +77,43 @@ def test_random_streams_never_raise(
     closes = [e for e in events if isinstance(e, ev.Close)]
     assert len(closes) == 1  # exactly one Close, whatever happened
     assert session.closed
+
+
+# --- memory bounded by the limits (the fuzz target's invariant, fuzz/targets.py) ------
+
+_words = st.sampled_from(
+    [Step("client", w) for w in CLIENT_WORDS + list(targets.CLIENT_WORDS)]
+    + [Step("upstream", w) for w in UPSTREAM_WORDS + list(targets.UPSTREAM_WORDS)]
+)
+_raw = st.builds(Step, st.sampled_from(["client", "upstream"]), st.binary(max_size=60))
+_events = st.sampled_from([Step(what) for what in ("client-tls", "timed-out", "shutdown")])
+session_steps = st.lists(st.one_of(_words, _words, _raw, _events), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(targets.GREETINGS), session_steps, st.booleans())
+def test_what_a_session_holds_stays_bounded(
+    greeting: bytes, steps: list[Step], require_tls: bool
+) -> None:
+    targets.run_session(greeting, steps, require_tls=require_tls)
+
+
+@pytest.mark.parametrize(
+    "first",
+    [b"a LOGIN {1+}\r\n", b'k ID ("x" {1+}\r\n'],
+    ids=["captured-login", "held-id"],
+)
+def test_literal_after_literal_is_not_kept_without_bound(first: bytes) -> None:
+    # Regression: a LOGIN (copied for the user name) or an ID (held whole) whose every
+    # literal is followed by another one was kept in memory line after line.
+    session = targets.new_session()
+    session.receive_from_upstream(targets.GREETINGS[0])
+    events = session.receive_from_client(first)
+    for _ in range(2000):
+        events += session.receive_from_client(b"x {1+}\r\n")
+        assert targets.held_bytes(session) <= targets.SESSION_MEMORY_BOUND
+    if b"ID" in first:  # the held command is refused with a clear answer
+        assert ev.SendToClient(b"k BAD Argument too long\r\n") in events
+    else:  # the LOGIN still streams upstream, byte for byte
+        sent = b"".join(e.data for e in events if isinstance(e, ev.SendToUpstream))
+        assert sent == first + b"x {1+}\r\n" * 2000

@@ -277,3 +277,12 @@ def test_peek_agrees_with_parse(tag: str, verb: str, uid: bool, rest: str) -> No
     expected = ("UID " if uid else "") + verb.upper()
     assert cmd.name == expected
     assert peek_command(line) == (tag.encode(), expected)
+
+
+@pytest.mark.parametrize("line", [b"$  0\r\n", b"a  NOOP\r\n", b"a UID  FETCH 1 FLAGS\r\n"])
+def test_parse_agrees_with_peek_on_extra_spaces(line: bytes) -> None:
+    # Found by the atheris command target: peek_command (which routes a command) saw no
+    # command where parse_command skipped the extra space and saw one.
+    assert peek_command(line) is None
+    with pytest.raises(ParseError, match="more than one space"):
+        parse_command(Message.from_line(line))
