@@ -27,7 +27,13 @@ from tests.support.dovecot import (
 from tests.support.tls import TlsFiles, new_ca, write_tls_files
 
 DOVECOT_FIXTURES = frozenset(
-    {"dovecot_modern", "dovecot_legacy", "dovecot_legacy_noliteralplus", "dovecot_rev2only"}
+    {
+        "dovecot_modern",
+        "dovecot_legacy",
+        "dovecot_legacy_noliteralplus",
+        "dovecot_rev2only",
+        "dovecot_legacy_nouidplus",
+    }
 )
 
 
@@ -80,6 +86,12 @@ def dovecot_legacy_noliteralplus(tls_files: TlsFiles) -> Iterator[DovecotInstanc
 def dovecot_rev2only(tls_files: TlsFiles) -> Iterator[DovecotInstance]:
     """Announces IMAP4rev2 and not IMAP4rev1 (it still speaks rev1: it is Dovecot 2.3)."""
     yield from _running_dovecot("rev2only", tls_files)
+
+
+@pytest.fixture(scope="session")
+def dovecot_legacy_nouidplus(tls_files: TlsFiles) -> Iterator[DovecotInstance]:
+    """Announces neither MOVE nor UIDPLUS (the MOVE emulation's modes without UIDPLUS)."""
+    yield from _running_dovecot("legacy_nouidplus", tls_files)
 
 
 @pytest.fixture

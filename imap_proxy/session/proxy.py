@@ -455,6 +455,9 @@ class ProxySession:
         if part.literal is None:
             caps = capabilities_in_line(line)
             if caps is not None:
+                if AUTH_COMMANDS & set(self._tracker.client_names()):
+                    # Sent just before a login's OK: the post-login capabilities.
+                    self.hooks.view.authenticated = True
                 self.upstream_capabilities = caps
                 line = rewrite_capability_line(line, self.client_capabilities())
         self._relay_line(part, line)
@@ -542,6 +545,7 @@ class ProxySession:
                 self._out.append(ev.Authenticated(self.user, mechanism))
             else:
                 self.user = None
+                self.hooks.view.authenticated = False
         self._start_emulation_when_quiet()
         self._drain_if_quiet()
 

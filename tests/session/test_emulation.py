@@ -172,3 +172,17 @@ def test_move_passes_through_where_the_upstream_has_move() -> None:
     session.receive_from_upstream(b"a OK [CAPABILITY IMAP4rev1 UIDPLUS MOVE] Logged in\r\n")
     out = session.receive_from_client(b"c UID MOVE 1 Sent\r\n")
     assert _up(out) == b"c UID MOVE 1 Sent\r\n"
+
+
+def test_move_is_advertised_in_capabilities_sent_during_login_not_before() -> None:
+    session = ProxySession(SessionSettings(rules=SHIPPED_RULES))
+    out = session.receive_from_upstream(UIDPLUS_GREETING.encode() + b"\r\n")
+    assert b"MOVE" not in _client(out)  # pre-login lists are partial: nothing promised
+    session.receive_from_client(b"a LOGIN u wrong\r\n")
+    out = session.receive_from_upstream(b"a NO [AUTHENTICATIONFAILED] Failed\r\n")
+    session.receive_from_client(b"b CAPABILITY\r\n")
+    out = session.receive_from_upstream(b"* CAPABILITY IMAP4rev1 UIDPLUS\r\nb OK done\r\n")
+    assert b"MOVE" not in _client(out)
+    session.receive_from_client(b"c LOGIN u p\r\n")
+    out = session.receive_from_upstream(b"* CAPABILITY IMAP4rev1 UIDPLUS\r\nc OK Logged in\r\n")
+    assert _client(out).startswith(b"* CAPABILITY IMAP4rev1 UIDPLUS LITERAL+ ID MOVE\r\n")
