@@ -123,9 +123,7 @@ class SessionRules:
         self.held_commands = frozenset(name for a in active for name in a.commands)
         self.response_kinds = frozenset(kind for a in active for kind in a.responses)
         # Untagged lines (every FETCH response) are looked at only when an action cares.
-        self.watches_untagged = bool(self.response_kinds) or any(
-            a.holds_untagged for a in active
-        )
+        self.watches_untagged = bool(self.response_kinds) or any(a.holds_untagged for a in active)
 
     def capabilities(self, caps: list[str]) -> tuple[list[str], list[Applied]]:
         applied: list[Applied] = []

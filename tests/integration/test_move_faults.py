@@ -1,8 +1,8 @@
 """The upstream connection cut at each step of a MOVE emulation: no message is ever lost.
 
 A `FaultRelay` between the proxy and Dovecot (legacy profile) cuts the connection right
-when the proxy sends one of the emulation's commands (UID SEARCH, UID COPY, UID STORE,
-UID EXPUNGE), either after passing that command on (Dovecot may still run it) or before.
+when the proxy sends one of the emulation's commands (the FETCH of the UIDs, UID COPY,
+UID STORE, UID EXPUNGE), either after passing that command on (Dovecot may still run it) or before.
 The client must get a clear `* BYE`, the emulation must be reported as failed, and on
 Dovecot, checked directly once the session's process is gone, every message must be in
 the source or the target mailbox, and another session's \\Deleted message still there.
@@ -22,7 +22,7 @@ from tests.support.fault_relay import FaultRelay
 from tests.support.proxy import running_proxy
 
 STEPS = [
-    (b"MOVE 1:2 Sent", rb"^ipx\d+ UID SEARCH "),
+    (b"MOVE 1:2 Sent", rb"^ipx\d+ FETCH "),
     (b"UID MOVE 1:2 Sent", rb"^ipx\d+ UID COPY "),
     (b"UID MOVE 1:2 Sent", rb"^ipx\d+ UID STORE "),
     (b"UID MOVE 1:2 Sent", rb"^ipx\d+ UID EXPUNGE "),
@@ -37,7 +37,9 @@ def wait_for_sessions_to_end(upstream: DovecotInstance, user: MailUser) -> None:
 
 
 @pytest.mark.parametrize("forwarded", [True, False], ids=["sent", "not-sent"])
-@pytest.mark.parametrize(("command", "cut_on"), STEPS, ids=["search", "copy", "store", "expunge"])
+@pytest.mark.parametrize(
+    ("command", "cut_on"), STEPS, ids=["fetch-uids", "copy", "store", "expunge"]
+)
 def test_upstream_cut_mid_move_loses_no_message(
     dovecot_legacy: DovecotInstance,
     fresh_mail_user: NewUser,
@@ -76,7 +78,7 @@ def test_upstream_cut_mid_move_loses_no_message(
     assert set(inbox) | set(sent) == {"m1", "m2", "m3", "m4"}, (inbox, sent)
     assert "m3" in inbox and "m4" in inbox  # not moved; m4 is another session's \Deleted
     assert "\\Deleted" in flags_by_subject(dovecot_legacy, user, "INBOX")["m4"]
-    if (cut_on.endswith(b"COPY ") and not forwarded) or cut_on.endswith(b"SEARCH "):
+    if (cut_on.endswith(b"COPY ") and not forwarded) or cut_on.endswith(b"FETCH "):
         assert sent == []  # nothing was copied, so nothing may have been flagged
         assert all(
             "\\Deleted" not in flags

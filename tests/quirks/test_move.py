@@ -78,17 +78,28 @@ def test_uid_move_with_uidplus_is_copy_store_expunge_of_the_copied_uids() -> Non
 def test_sequence_move_is_turned_into_uids_first() -> None:
     upstream = scripted(
         {
-            b"UID SEARCH": (b"t OK Search completed.\r\n", [b"* SEARCH 12 10 11\r\n"]),
+            b"FETCH": (
+                b"t OK Fetch completed.\r\n",
+                [
+                    b"* 1 FETCH (UID 10)\r\n",
+                    b"* 7 FETCH (FLAGS (\\Seen) UID 30)\r\n",  # not asked for: the client's
+                    b"* 2 FETCH (UID 11 FLAGS (\\Seen))\r\n",  # asked for, and news too
+                    b"* 3 FETCH (UID 12)\r\n",
+                ],
+            ),
             b"UID COPY": (b"t OK [COPYUID 9 10:12 1:3] Copy completed.\r\n", []),
             b"UID STORE": OK_STORE,
             b"UID EXPUNGE": (b"t OK Expunge completed.\r\n", [b"* 1 EXPUNGE\r\n"] * 3),
         }
     )
     sent, answer = run(
-        move_script(b"1:*", Quoted(b"Sent Items"), uid=False, plan="uidplus"), upstream
+        move_script(b"1:3", Quoted(b"Sent Items"), uid=False, plan="uidplus"), upstream
     )
-    assert sent[:2] == [b"t UID SEARCH 1:*\r\n", b't UID COPY 10:12 "Sent Items"\r\n']
-    assert answer.untagged.startswith(b"* OK [COPYUID 9 10:12 1:3] Moved UIDs.\r\n* 1 EXPUNGE\r\n")
+    assert sent[:2] == [b"t FETCH 1:3 (UID)\r\n", b't UID COPY 10:12 "Sent Items"\r\n']
+    assert answer.untagged.startswith(
+        b"* 7 FETCH (FLAGS (\\Seen) UID 30)\r\n* 2 FETCH (UID 11 FLAGS (\\Seen))\r\n"
+        b"* OK [COPYUID 9 10:12 1:3] Moved UIDs.\r\n* 1 EXPUNGE\r\n"
+    )
     assert answer.status_text == b"OK Move completed"
 
 
@@ -161,17 +172,34 @@ def test_copy_ok_without_copyuid_touches_nothing() -> None:
     assert answer.status_text.startswith(b"OK")
 
 
-def test_empty_search_moves_nothing() -> None:
-    upstream = scripted({b"UID SEARCH": (b"t OK Search completed.\r\n", [b"* SEARCH\r\n"])})
-    sent, answer = run(move_script(b"3", Atom(b"Trash"), uid=False, plan="uidplus"), upstream)
-    assert sent == [b"t UID SEARCH 3\r\n"]
+def test_nothing_fetched_moves_nothing() -> None:
+    upstream = scripted({b"UID FETCH": (b"t OK Fetch completed.\r\n", [])})
+    sent, answer = run(move_script(b"3", Atom(b"Trash"), uid=True, plan="rfc4315"), upstream)
+    assert sent == [b"t UID FETCH 3 (UID)\r\n"]
     assert answer.status_text.startswith(b"OK")
+
+
+def test_a_star_in_a_uid_set_means_the_largest_uid() -> None:
+    upstream = scripted(
+        {
+            b"UID FETCH": (
+                b"t OK Fetch completed.\r\n",
+                [b"* 1 FETCH (UID 5)\r\n", b"* 2 FETCH (UID 9)\r\n"],
+            ),
+            b"UID COPY": (b"t OK Copy completed.\r\n", []),
+            b"UID STORE": OK_STORE,
+        }
+    )
+    sent, _answer = run(move_script(b"4:*", Atom(b"T"), uid=True, plan="copy-and-flag"), upstream)
+    assert sent[1] == b"t UID COPY 5,9 T\r\n"
+    sent, _answer = run(move_script(b"12:*", Atom(b"T"), uid=True, plan="copy-and-flag"), upstream)
+    assert sent[1] == b"t UID COPY 9 T\r\n"  # n:* takes in the largest UID (RFC 9051)
 
 
 def test_copy_and_flag_leaves_the_expunge_to_the_client_and_shows_the_flag() -> None:
     upstream = scripted(
         {
-            b"UID SEARCH": (b"t OK Search completed.\r\n", [b"* SEARCH 3\r\n"]),
+            b"UID FETCH": (b"t OK Fetch completed.\r\n", [b"* 2 FETCH (UID 3)\r\n"]),
             b"UID COPY": (b"t OK Copy completed.\r\n", []),
             b"UID STORE": (
                 b"t OK Store completed.\r\n",
@@ -181,7 +209,7 @@ def test_copy_and_flag_leaves_the_expunge_to_the_client_and_shows_the_flag() -> 
     )
     sent, answer = run(move_script(b"3", Atom(b"Trash"), uid=True, plan="copy-and-flag"), upstream)
     assert sent == [
-        b"t UID SEARCH UID 3\r\n",
+        b"t UID FETCH 3 (UID)\r\n",
         b"t UID COPY 3 Trash\r\n",
         b"t UID STORE 3 +FLAGS (\\Deleted)\r\n",
     ]
@@ -190,26 +218,22 @@ def test_copy_and_flag_leaves_the_expunge_to_the_client_and_shows_the_flag() -> 
 
 
 def test_rfc4315_keeps_other_deleted_messages_out_of_the_expunge() -> None:
-    searches = iter(
-        [
-            (b"t OK Search completed.\r\n", [b"* SEARCH 3 4\r\n"]),  # what to move
-            (b"t OK Search completed.\r\n", [b"* SEARCH 1 3 4 8\r\n"]),  # all \Deleted
-        ]
-    )
     fixed = scripted(
         {
+            b"UID FETCH": (
+                b"t OK Fetch completed.\r\n",
+                [b"* 3 FETCH (UID 3)\r\n", b"* 4 FETCH (UID 4)\r\n"],
+            ),
+            b"UID SEARCH DELETED": (b"t OK Search completed.\r\n", [b"* SEARCH 1 3 4 8\r\n"]),
             b"UID COPY": (b"t OK Copy completed.\r\n", []),
             b"UID STORE": OK_STORE,
             b"EXPUNGE": (b"t OK Expunge completed.\r\n", [b"* 3 EXPUNGE\r\n", b"* 3 EXPUNGE\r\n"]),
         }
     )
 
-    def upstream(line: bytes) -> tuple[bytes, list[bytes]]:
-        return next(searches) if line.startswith(b"t UID SEARCH") else fixed(line)
-
-    sent, answer = run(move_script(b"3:4", Atom(b"Trash"), uid=True, plan="rfc4315"), upstream)
+    sent, answer = run(move_script(b"3:4", Atom(b"Trash"), uid=True, plan="rfc4315"), fixed)
     assert sent == [
-        b"t UID SEARCH UID 3:4\r\n",
+        b"t UID FETCH 3:4 (UID)\r\n",
         b"t UID COPY 3:4 Trash\r\n",
         b"t UID STORE 3:4 +FLAGS.SILENT (\\Deleted)\r\n",
         b"t UID SEARCH DELETED\r\n",

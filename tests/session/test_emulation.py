@@ -123,8 +123,8 @@ def test_pipelined_commands_around_a_move_are_answered_in_order() -> None:
     assert session.client_paused
     out = session.receive_from_upstream(b"* 1 FETCH (FLAGS ())\r\nb OK Fetch completed.\r\n")
     assert _client(out) == b"* 1 FETCH (FLAGS ())\r\nb OK Fetch completed.\r\n"
-    assert _up(out) == b"ipx1 UID SEARCH 1\r\n"
-    out = session.receive_from_upstream(b"* SEARCH 8\r\nipx1 OK Search completed.\r\n")
+    assert _up(out) == b"ipx1 FETCH 1 (UID)\r\n"
+    out = session.receive_from_upstream(b"* 1 FETCH (UID 8)\r\nipx1 OK Fetch completed.\r\n")
     assert _up(out) == b"ipx2 UID COPY 8 Sent\r\n"
     out = session.receive_from_upstream(b"ipx2 OK [COPYUID 5 8 1] Copy completed.\r\n")
     out += session.receive_from_upstream(b"ipx3 OK Store completed.\r\n")

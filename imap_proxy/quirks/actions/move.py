@@ -3,9 +3,12 @@
 How this works: `EmulateMove` advertises MOVE and answers MOVE/UID MOVE with an `Emulate`
 whose script (`move_script`) the session runs while no other command is in flight:
 
-* A sequence-number MOVE is first turned into UIDs with `UID SEARCH <set>` (the client's
+* A sequence-number MOVE is first turned into UIDs with `FETCH <set> (UID)` (the client's
   numbers are the upstream's: the session relays EXPUNGE as it comes). So is a UID MOVE
-  when the upstream lacks UIDPLUS, to make the set explicit.
+  when the upstream lacks UIDPLUS (`UID FETCH <set> (UID)`), to make the set explicit.
+  FETCH, not `UID SEARCH <set>`: GNU imap4d reads a sequence set in UID SEARCH as UIDs.
+  Only responses for numbers (UIDs) in the set count, with `*` the largest one seen, so
+  an unsolicited FETCH of another message cannot slip in; others go to the client.
 * With UIDPLUS: `UID COPY set dest` -> `UID STORE moved +FLAGS.SILENT (\\Deleted)` ->
   `UID EXPUNGE moved`, where `moved` is the source set of the COPY's `[COPYUID]` (what was
   really copied; never a `*` that could take in a message arriving meanwhile). The client
@@ -116,15 +119,15 @@ def move_script(sequence: bytes, mailbox: Value, *, uid: bool, plan: str) -> Scr
     if uid and plan == UIDPLUS:
         copy_set = sequence
     else:
-        criteria = (Atom(b"UID"), Atom(sequence)) if uid else (Atom(sequence),)
-        search = yield UpstreamCommand("UID SEARCH", criteria)
-        found, passed = _search_result(search.untagged)
+        verb = "UID FETCH" if uid else "FETCH"
+        fetch = yield UpstreamCommand(verb, (Atom(sequence), ParenList((Atom(b"UID"),))))
+        found, passed = _fetched_uids(fetch.untagged, sequence, by_uid=uid)
         out += passed
-        if search.status != "OK":
-            return EmulationAnswer(bytes(out), _relayed_status(search), "failed")
+        if fetch.status != "OK":
+            return EmulationAnswer(bytes(out), _relayed_status(fetch), "failed")
         if not found:
             return EmulationAnswer(bytes(out), b"OK No messages to move", "ok")
-        resolved = UidSet.of(found)
+        resolved = found
         copy_set = bytes(resolved)
     copy = yield UpstreamCommand("UID COPY", (Atom(copy_set), mailbox))
     out += b"".join(copy.untagged)
@@ -207,6 +210,45 @@ def _relayed_status(result: StepResult) -> bytes:
     return status + b" " + (result.text or b"Failed")
 
 
+def _fetched_uids(
+    untagged: Iterable[bytes], sequence: bytes, *, by_uid: bool
+) -> tuple[UidSet, bytes]:
+    """The UIDs a `[UID] FETCH <sequence> (UID)` reported, and the lines to pass on."""
+    seen: list[tuple[int, int, bytes, bool]] = []  # (number, uid, line, only UID)
+    passed = bytearray()
+    for line in untagged:
+        data = _parsed_fetch(line)
+        uid = None if data is None else data.get("UID")
+        if data is None or not isinstance(uid, Atom) or not uid.value.isdigit():
+            passed += line
+            continue
+        only_uid = all(name == "UID" for name, _value in data.items)
+        seen.append((data.number, int(uid.value), line, only_uid))
+    if not seen:
+        return UidSet(()), bytes(passed)
+    keys = [value if by_uid else number for number, value, _line, _only in seen]
+    wanted = UidSet.parse(sequence.replace(b"*", b"%d" % max(keys)))
+    found: list[int] = []
+    for key, (_number, value, line, only_uid) in zip(keys, seen, strict=True):
+        if wanted is None or key in wanted:  # None: `$`, the saved search result
+            found.append(value)
+            if not only_uid:
+                passed += line  # our UID plus someone's flag change: the client sees it
+        else:
+            passed += line
+    return UidSet.of(found), bytes(passed)
+
+
+def _parsed_fetch(line: bytes) -> FetchData | None:
+    if b"FETCH" not in line[:32].upper():
+        return None
+    try:
+        response = parse_response(Message.from_line(line))
+    except ProtocolError:
+        return None
+    return response if isinstance(response, FetchData) else None
+
+
 def _search_result(untagged: Iterable[bytes]) -> tuple[list[int], bytes]:
     """The numbers of `* SEARCH` lines, and the other lines (to pass on)."""
     found: list[int] = []
@@ -252,13 +294,8 @@ def _without_echoes(untagged: Iterable[bytes], uids: UidSet) -> bytes:
 
 
 def _is_echo(line: bytes, uids: UidSet) -> bool:
-    if b"FETCH" not in line[:32].upper():
-        return False
-    try:
-        response = parse_response(Message.from_line(line))
-    except ProtocolError:
-        return False
-    if not isinstance(response, FetchData):
+    response = _parsed_fetch(line)
+    if response is None:
         return False
     uid = response.get("UID")
     if not isinstance(uid, Atom) or not uid.value.isdigit() or int(uid.value) not in uids:
