@@ -75,6 +75,19 @@ def test_uid_move_with_uidplus_is_copy_store_expunge_of_the_copied_uids() -> Non
     )
 
 
+def test_the_new_highestmodseq_comes_with_the_tagged_ok() -> None:
+    upstream = scripted(
+        {
+            b"UID COPY": (b"t OK [COPYUID 9 4 20] Copy completed.\r\n", []),
+            b"UID STORE": OK_STORE,
+            b"UID EXPUNGE": (b"t OK [HIGHESTMODSEQ 91] Expunged.\r\n", [b"* VANISHED 4\r\n"]),
+        }
+    )
+    _sent, answer = run(move_script(b"4", Atom(b"Trash"), uid=True, plan="uidplus"), upstream)
+    assert answer.untagged == b"* OK [COPYUID 9 4 20] Moved UIDs.\r\n* VANISHED 4\r\n"
+    assert answer.status_text == b"OK [HIGHESTMODSEQ 91] Move completed"
+
+
 def test_sequence_move_is_turned_into_uids_first() -> None:
     upstream = scripted(
         {

@@ -186,3 +186,22 @@ def test_move_is_advertised_in_capabilities_sent_during_login_not_before() -> No
     session.receive_from_client(b"c LOGIN u p\r\n")
     out = session.receive_from_upstream(b"* CAPABILITY IMAP4rev1 UIDPLUS\r\nc OK Logged in\r\n")
     assert _client(out).startswith(b"* CAPABILITY IMAP4rev1 UIDPLUS LITERAL+ ID MOVE\r\n")
+
+
+def test_a_held_exists_is_released_before_the_moves_expunges() -> None:
+    rules = SHIPPED_RULES.only(["delay-newmail", "move-emulation"])
+    session = ProxySession(SessionSettings(rules=rules))
+    session.receive_from_upstream(UIDPLUS_GREETING.encode() + b"\r\n")
+    session.receive_from_client(b"a LOGIN u p\r\n")
+    session.receive_from_upstream(b"a OK [CAPABILITY IMAP4rev1 UIDPLUS] Logged in\r\n")
+    session.receive_from_client(b"b STATUS Sent (MESSAGES)\r\n")
+    out = session.receive_from_upstream(b"* 5 EXISTS\r\n* STATUS Sent (MESSAGES 0)\r\nb OK\r\n")
+    assert b"EXISTS" not in _client(out)  # held, as delay-newmail wants
+    session.receive_from_client(b"c UID MOVE 1 Sent\r\n")
+    session.receive_from_upstream(b"ipx1 OK [COPYUID 5 1 1] Copy completed.\r\n")
+    session.receive_from_upstream(b"ipx2 OK Store completed.\r\n")
+    out = session.receive_from_upstream(b"* 1 EXPUNGE\r\nipx3 OK Expunge completed.\r\n")
+    # The client must count message 5 before it is told one message went away.
+    assert _client(out) == (
+        b"* 5 EXISTS\r\n* OK [COPYUID 5 1 1] Moved UIDs.\r\n* 1 EXPUNGE\r\nc OK Move completed\r\n"
+    )

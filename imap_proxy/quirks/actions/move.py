@@ -159,8 +159,14 @@ def move_script(sequence: bytes, mailbox: Value, *, uid: bool, plan: str) -> Scr
         out += b"".join(expunge.untagged)
         if expunge.status != "OK":
             return (yield from _roll_back(out, moved, expunge))
-        return EmulationAnswer(bytes(out), b"OK Move completed", "ok")
+        # RFC 6851 §4.4: with CONDSTORE the MOVE carries the new HIGHESTMODSEQ.
+        code = expunge.text.split(b"]", 1)[0] + b"] " if _has_modseq(expunge) else b""
+        return EmulationAnswer(bytes(out), b"OK " + code + b"Move completed", "ok")
     return (yield from _expunge_rfc4315(out, moved))
+
+
+def _has_modseq(result: StepResult) -> bool:
+    return result.text.upper().startswith(b"[HIGHESTMODSEQ ") and b"]" in result.text
 
 
 def _expunge_rfc4315(out: bytearray, moved: UidSet) -> Script:
