@@ -205,3 +205,13 @@ def test_a_held_exists_is_released_before_the_moves_expunges() -> None:
     assert _client(out) == (
         b"* 5 EXISTS\r\n* OK [COPYUID 5 1 1] Moved UIDs.\r\n* 1 EXPUNGE\r\nc OK Move completed\r\n"
     )
+
+
+def test_client_gone_mid_move_ends_the_session_and_reports_it() -> None:
+    session, _ = _session()
+    session.receive_from_client(b"c UID MOVE 1 Sent\r\n")
+    out = session.client_closed()
+    assert ev.EmulationFinished("move-emulation", "move", "failed") in out
+    assert ev.Close("client-closed") in out
+    # What the upstream says afterwards goes nowhere and breaks nothing.
+    assert session.receive_from_upstream(b"ipx1 OK [COPYUID 5 1 1] Done\r\n") == []

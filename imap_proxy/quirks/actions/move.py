@@ -27,7 +27,8 @@ whose script (`move_script`) the session runs while no other command is in fligh
 A COPY that fails ends the script with its answer ([TRYCREATE] included): nothing else
 happened. A failure after the COPY is rolled back as far as one session can: the
 originals lose \\Deleted again (`UID STORE moved -FLAGS.SILENT (\\Deleted)`) and the
-client gets NO saying so. The copies stay in the target: removing them would mean
+client gets NO saying so (a moved message that was \\Deleted before the MOVE loses that
+flag too: kept rather than lost). The copies stay in the target: removing them would mean
 selecting the target, which loses the client's selected mailbox. At no point is a
 message in neither mailbox: it is flagged only once its copy exists, and expunged only
 by UID among the copied ones.
