@@ -12,6 +12,7 @@ empty user, deleted afterwards) or `DovecotInstance.reset_user`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -24,10 +25,17 @@ from tests.support.dovecot import (
     require_dovecot,
     start_dovecot,
 )
+from tests.support.imap4d import Imap4dInstance, imap4d_unavailable_reason, start_imap4d
 from tests.support.tls import TlsFiles, new_ca, write_tls_files
 
 DOVECOT_FIXTURES = frozenset(
-    {"dovecot_modern", "dovecot_legacy", "dovecot_legacy_noliteralplus", "dovecot_rev2only"}
+    {
+        "dovecot_modern",
+        "dovecot_legacy",
+        "dovecot_legacy_noliteralplus",
+        "dovecot_rev2only",
+        "dovecot_legacy_nouidplus",
+    }
 )
 
 
@@ -80,6 +88,27 @@ def dovecot_legacy_noliteralplus(tls_files: TlsFiles) -> Iterator[DovecotInstanc
 def dovecot_rev2only(tls_files: TlsFiles) -> Iterator[DovecotInstance]:
     """Announces IMAP4rev2 and not IMAP4rev1 (it still speaks rev1: it is Dovecot 2.3)."""
     yield from _running_dovecot("rev2only", tls_files)
+
+
+@pytest.fixture(scope="session")
+def dovecot_legacy_nouidplus(tls_files: TlsFiles) -> Iterator[DovecotInstance]:
+    """Announces neither MOVE nor UIDPLUS (the MOVE emulation's modes without UIDPLUS)."""
+    yield from _running_dovecot("legacy_nouidplus", tls_files)
+
+
+@pytest.fixture
+def imap4d() -> Iterator[Imap4dInstance]:
+    """A GNU mailutils imap4d of its own (no MOVE, no UIDPLUS), PREAUTH, empty mail."""
+    reason = imap4d_unavailable_reason()
+    if reason is not None:
+        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+            pytest.fail(f"CI must run the imap4d tests: {reason}", pytrace=False)
+        pytest.skip(reason)
+    instance = start_imap4d()
+    try:
+        yield instance
+    finally:
+        instance.stop()
 
 
 @pytest.fixture

@@ -417,6 +417,9 @@ class ClientConnection:
                 self._log.info("protocol violation", side=side.value, limit=limit, text=text)
             case ev.PlaintextDiscarded(octets=octets):
                 self._log.warning("plaintext after STARTTLS discarded", octets=octets)
+            case ev.EmulationFinished(rule_id=rule_id, kind=kind, outcome=outcome):
+                log = self._log.info if outcome == "ok" else self._log.warning
+                log("emulation finished", rule=rule_id, kind=kind, outcome=outcome)
         self._notify(event)
 
     def _notify(self, event: ConnectionEvent) -> None:

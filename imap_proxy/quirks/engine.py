@@ -9,7 +9,8 @@ changes, so a rule applies from the moment its match holds. The hooks are:
 
 * `capabilities(caps)`      - shape the capability list clients see;
 * `held_commands`           - verbs an action wants to see whole (the session holds them);
-* `on_command(cmd)`         - rewrite a command, or answer it locally;
+* `on_command(cmd)`         - rewrite a command, answer it locally, or emulate it with a
+                              script of upstream commands (`actions.base.Emulate`);
 * `response_kinds`          - untagged kinds an action wants parsed (LIST, LSUB, …);
 * `on_response(resp)`       - rewrite an untagged response;
 * `holds()/releases_before()` - hold untagged data until a point it may be delivered.
@@ -24,7 +25,7 @@ import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
-from imap_proxy.quirks.actions import Action, LocalAnswer, Rewrite, build_action
+from imap_proxy.quirks.actions import Action, Emulate, LocalAnswer, Rewrite, build_action
 from imap_proxy.quirks.model import Match, Rule, RuleSet
 from imap_proxy.wire.command import Command
 from imap_proxy.wire.response import ListData, Response
@@ -45,6 +46,7 @@ class SessionView:
     upstream_capabilities: list[str] = field(default_factory=list)
     greeting: bytes = b""
     delimiter: bytes | None = None
+    authenticated: bool = False  # logged in (capabilities before login are often partial)
     mailbox_attributes: dict[bytes, frozenset[str]] = field(default_factory=dict)
 
     def has_upstream(self, capability: str) -> bool:
@@ -132,14 +134,15 @@ class SessionRules:
             caps = shaped
         return caps, applied
 
-    def on_command(self, command: Command) -> tuple[Command | LocalAnswer, list[Applied]]:
-        """The command to send (maybe rewritten), or a local answer; and what applied."""
+    def on_command(self, command: Command) -> tuple[Command | LocalAnswer | Emulate, list[Applied]]:
+        """The command to send (maybe rewritten), a local answer or an emulation; and what
+        applied."""
         applied: list[Applied] = []
         for action in self.active:
             if command.name not in action.commands:
                 continue
             outcome = action.on_command(command, self.view)
-            if isinstance(outcome, LocalAnswer):
+            if isinstance(outcome, LocalAnswer | Emulate):
                 return outcome, [*applied, (action.rule_id, action.kind)]
             if isinstance(outcome, Rewrite):
                 command = outcome.command

@@ -130,13 +130,29 @@ class HoldUntaggedAction(_Strict):
     except_during: list[str] = Field(default_factory=lambda: ["SELECT", "EXAMINE"])
 
 
+class MoveEmulationAction(_Strict):
+    """Advertise MOVE and emulate MOVE/UID MOVE (RFC 6851) with COPY, STORE and UID
+    EXPUNGE when the upstream has UIDPLUS; `mode` says what to do when it has not."""
+
+    type: Literal["emulate_move"]
+    mode: Literal["copy-and-flag", "rfc4315", "off"] = Field(
+        default="copy-and-flag",
+        description=(
+            "without UIDPLUS: copy-and-flag (COPY, then flag the originals \\Deleted and "
+            "leave expunging to the client), rfc4315 (RFC 4315 §2.1's un-flag/EXPUNGE/"
+            "re-flag sequence; racy, opt-in) or off (no MOVE advertised)"
+        ),
+    )
+
+
 ActionSpec = Annotated[
     CapabilitiesAction
     | AnswerIdAction
     | StripTrailingSeparatorAction
     | LsubNoselectAction
     | LsubSpecialUseAction
-    | HoldUntaggedAction,
+    | HoldUntaggedAction
+    | MoveEmulationAction,
     Field(discriminator="type"),
 ]
 

@@ -117,6 +117,18 @@ class RuleApplied:
     action: str
 
 
+@dataclass(frozen=True, slots=True)
+class EmulationFinished:
+    """An emulated command (a rule's script of upstream commands) ended. `kind` says
+    what was emulated ("move"); `outcome` is "ok", "failed" (the client got NO or BAD,
+    or the session ended mid-way) or "rolled_back" (a failure after a change was put
+    back). Metrics count it by kind and outcome."""
+
+    rule_id: str
+    kind: str
+    outcome: str
+
+
 Action = SendToClient | SendToUpstream | StartClientTLS | StartUpstreamTLS | Close
 Observation = (
     UpstreamReady
@@ -127,5 +139,6 @@ Observation = (
     | PlaintextDiscarded
     | ClientIdentified
     | RuleApplied
+    | EmulationFinished
 )
 Event = Action | Observation

@@ -27,6 +27,14 @@ A command waiting for the upstream's `+` (a synchronizing literal, AUTHENTICATE,
 pauses reading from the client until the `+` (or the tagged answer) arrives; this is what
 lets a client's LITERAL+ literal be converted to a synchronizing one for an upstream
 without LITERAL+, and a refused literal be dropped rather than taken for commands.
+
+A rule may answer a held command by emulating it (`Emulate`: MOVE for an upstream without
+MOVE). The session waits until the client's earlier commands have completed (so every
+untagged line that follows belongs to the emulation or to nobody), stops reading client
+commands, and runs the rule's script: each `UpstreamCommand` it yields goes upstream
+under a proxy tag, and its tagged line and one-line untagged responses go back into the
+script. The script's answer is what the client sees; then reading resumes. If the
+upstream is lost mid-script the client gets `* BYE` and the session ends.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from imap_proxy.quirks.actions import LocalAnswer
+from imap_proxy.quirks.actions import Emulate, EmulationAnswer, LocalAnswer, StepResult
 from imap_proxy.session import events as ev
 from imap_proxy.session.auth import login_user, sasl_user
 from imap_proxy.session.capabilities import (
@@ -123,6 +131,16 @@ class _HeldResponse:
         return bytes(out)
 
 
+@dataclass(slots=True)
+class _Emulation:
+    """A held client command being answered by a rule's script of upstream commands."""
+
+    tag: bytes
+    name: str
+    emulate: Emulate
+    started: bool = False
+
+
 _Completion = Callable[[bytes, list[bytes]], None]
 _BEFORE_GREETING = frozenset(
     {_Phase.GREETING, _Phase.UPSTREAM_STARTTLS, _Phase.UPSTREAM_TLS, _Phase.PROBING}
@@ -162,6 +180,7 @@ class ProxySession:
         self._draining = False
         self._upstream_bye = False
         self._up_held: _HeldResponse | None = None  # an untagged response a rule wants whole
+        self._emulation: _Emulation | None = None  # client reading pauses while it runs
 
     # ----------------------------------------------------------------- properties
 
@@ -178,6 +197,7 @@ class ProxySession:
         return (
             self._phase is not _Phase.RELAYING
             or self._await is not _Await.NOTHING
+            or self._emulation is not None
             or (self._draining and self._msg is None)
         )
 
@@ -257,6 +277,12 @@ class ProxySession:
         if self._phase is not _Phase.CLOSED:
             if self._upstream_bye or self.state is ProtocolState.LOGOUT:
                 self._close("logout")
+            elif self._emulation is not None and self._emulation.started:
+                name = self._emulation.name.encode("ascii")
+                self._bye(
+                    b"[UNAVAILABLE] Upstream server closed the connection during " + name,
+                    "upstream-lost",
+                )
             else:
                 self._bye(b"[UNAVAILABLE] Upstream server closed the connection", "upstream-lost")
         return self._take()
@@ -327,6 +353,10 @@ class ProxySession:
 
     def _close(self, reason: str) -> None:
         if self._phase is not _Phase.CLOSED:
+            emulation, self._emulation = self._emulation, None
+            if emulation is not None and emulation.started:
+                rule_id, kind = emulation.emulate.rule_id, emulation.emulate.kind
+                self._out.append(ev.EmulationFinished(rule_id, kind, "failed"))
             self._phase = _Phase.CLOSED
             self._out.append(ev.Close(reason))
 
@@ -409,9 +439,11 @@ class ProxySession:
             # Only our own commands are in flight: their untagged data is theirs.
             if part.literal is None:
                 injected[0].untagged.append(line)
-            else:
+                return
+            if self._emulation is None:
                 self._relaying_response = False
-            return
+                return
+            # A multi-part response during an emulation is nobody's: the client gets it.
         if line[2:6].upper() == b"BYE ":
             self._upstream_bye = True
         if self.hooks.rules.watches_untagged:
@@ -432,6 +464,9 @@ class ProxySession:
         if part.literal is None:
             caps = capabilities_in_line(line)
             if caps is not None:
+                if AUTH_COMMANDS & set(self._tracker.client_names()):
+                    # Sent just before a login's OK: the post-login capabilities.
+                    self.hooks.view.authenticated = True
                 self.upstream_capabilities = caps
                 line = rewrite_capability_line(line, self.client_capabilities())
         self._relay_line(part, line)
@@ -492,6 +527,7 @@ class ProxySession:
         if command.on_complete is not None:
             self._relaying_response = False
             command.on_complete(part.raw, command.untagged)
+            self._start_emulation_when_quiet()
             return
         # The state moves first: a LOGIN's [CAPABILITY] code lists post-login capabilities.
         before = self.state
@@ -518,6 +554,8 @@ class ProxySession:
                 self._out.append(ev.Authenticated(self.user, mechanism))
             else:
                 self.user = None
+                self.hooks.view.authenticated = False
+        self._start_emulation_when_quiet()
         self._drain_if_quiet()
 
     def _command_ended_early(self) -> None:
@@ -538,7 +576,12 @@ class ProxySession:
             self._proxy_parts.clear()
 
     def _drain_if_quiet(self) -> None:
-        if self._draining and len(self._tracker) == 0 and self._msg is None:
+        if (
+            self._draining
+            and len(self._tracker) == 0
+            and self._msg is None
+            and self._emulation is None
+        ):
             self._bye(b"[UNAVAILABLE] Server shutting down", "shutdown")
 
     # ----------------------------------------------------- before the greeting
@@ -574,6 +617,7 @@ class ProxySession:
         self.hooks.view.greeting = line
         if word == b"PREAUTH":
             self.state = ProtocolState.AUTHENTICATED
+            self.hooks.view.authenticated = True
         caps = capabilities_in_line(line)
         if self.settings.upstream_starttls:
             if word == b"PREAUTH":
@@ -866,6 +910,10 @@ class ProxySession:
         if isinstance(outcome, LocalAnswer):
             self._answer(msg.tag, msg.name, outcome.status_text, untagged=outcome.untagged)
             return
+        if isinstance(outcome, Emulate):
+            self._emulation = _Emulation(msg.tag, msg.name, outcome)
+            self._start_emulation_when_quiet()
+            return
         outgoing: Message | None
         if msg.name == "ID":
             outgoing = rewrite_id_command(outcome, message, self.settings)
@@ -878,6 +926,59 @@ class ProxySession:
             return
         self._tracker.add(InFlight(msg.tag, msg.name))
         self._send_message(msg.tag, outgoing)
+
+    # ----------------------------------------------------------- emulations
+
+    def _start_emulation_when_quiet(self) -> None:
+        """Run the pending emulation once nothing else is in flight upstream."""
+        emulation = self._emulation
+        if emulation is None or emulation.started or len(self._tracker) > 0:
+            return
+        if self._phase is not _Phase.RELAYING:
+            return
+        emulation.started = True
+        self._advance_emulation(None)
+
+    def _advance_emulation(self, result: StepResult | None) -> None:
+        emulation = self._emulation
+        assert emulation is not None
+        script = emulation.emulate.script
+        try:
+            step = next(script) if result is None else script.send(result)
+        except StopIteration as stop:
+            self._finish_emulation(stop.value)
+            return
+        except ProtocolError:
+            # The upstream's data did not parse where the script needed it.
+            answer = EmulationAnswer(b"", b"NO [SERVERBUG] Unexpected upstream response", "failed")
+            self._finish_emulation(answer)
+            return
+        tag = self._tracker.new_proxy_tag()
+        self._tracker.add(InFlight(tag, step.name, on_complete=self._emulation_step_done))
+        self._send_message(tag, encode_command(tag, step.name, step.args))
+
+    def _emulation_step_done(self, line: bytes, untagged: list[bytes]) -> None:
+        if self._emulation is None:  # pragma: no cover - the session ended meanwhile
+            return
+        status = _status_of(line).decode("ascii", "replace")
+        self._advance_emulation(StepResult(status, line, tuple(untagged)))
+
+    def _finish_emulation(self, answer: EmulationAnswer) -> None:
+        emulation = self._emulation
+        assert emulation is not None
+        self._emulation = None
+        released = b""
+        for line in answer.untagged.splitlines(keepends=True):
+            # A held EXISTS goes before an EXPUNGE: the client must know every number.
+            released = self.hooks.release_before_untagged(untagged_kind(line))
+            if released:
+                break
+        self._answer(
+            emulation.tag, emulation.name, answer.status_text, untagged=released + answer.untagged
+        )
+        rule_id, kind = emulation.emulate.rule_id, emulation.emulate.kind
+        self._out.append(ev.EmulationFinished(rule_id, kind, answer.outcome))
+        self._drain_if_quiet()
 
     def _send_message(self, tag: bytes, message: Message) -> None:
         """Send a message the proxy built, minding the upstream's literal support."""

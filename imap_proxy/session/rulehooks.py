@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
-from imap_proxy.quirks.actions import LocalAnswer
+from imap_proxy.quirks.actions import Emulate, LocalAnswer
 from imap_proxy.quirks.engine import Applied, SessionRules, SessionView
 from imap_proxy.session import events as ev
 from imap_proxy.session.settings import SessionSettings
@@ -78,6 +78,7 @@ class RuleHooks:
         )
 
     def authenticated(self) -> list[ev.Event]:
+        self.view.authenticated = True
         if self.fingerprinter is None or self.fingerprinter.settled:
             return []
         return self._profile(self.fingerprinter.observe_authenticated())
@@ -112,7 +113,9 @@ class RuleHooks:
     def wants_whole(self, name: str) -> bool:
         return name in self.rules.held_commands
 
-    def on_command(self, command: Command) -> tuple[Command | LocalAnswer, list[ev.Event]]:
+    def on_command(
+        self, command: Command
+    ) -> tuple[Command | LocalAnswer | Emulate, list[ev.Event]]:
         outcome, applied = self.rules.on_command(command)
         return outcome, self._record(applied)
 

@@ -9,13 +9,23 @@ Adding an action type means a model in `quirks.model` and a class registered her
 
 from __future__ import annotations
 
-from imap_proxy.quirks.actions.base import Action, LocalAnswer, Rewrite
+from imap_proxy.quirks.actions.base import (
+    Action,
+    Emulate,
+    EmulationAnswer,
+    LocalAnswer,
+    Rewrite,
+    Script,
+    StepResult,
+    UpstreamCommand,
+)
 from imap_proxy.quirks.actions.capabilities import AnswerId, ShapeCapabilities
 from imap_proxy.quirks.actions.mailboxes import (
     LsubNoselect,
     LsubSpecialUse,
     StripTrailingSeparator,
 )
+from imap_proxy.quirks.actions.move import EmulateMove
 from imap_proxy.quirks.actions.untagged import HoldUntagged
 from imap_proxy.quirks.model import (
     ActionSpec,
@@ -24,10 +34,21 @@ from imap_proxy.quirks.model import (
     HoldUntaggedAction,
     LsubNoselectAction,
     LsubSpecialUseAction,
+    MoveEmulationAction,
     StripTrailingSeparatorAction,
 )
 
-__all__ = ["Action", "LocalAnswer", "Rewrite", "build_action"]
+__all__ = [
+    "Action",
+    "Emulate",
+    "EmulationAnswer",
+    "LocalAnswer",
+    "Rewrite",
+    "Script",
+    "StepResult",
+    "UpstreamCommand",
+    "build_action",
+]
 
 
 def build_action(rule_id: str, spec: ActionSpec) -> Action:
@@ -44,4 +65,6 @@ def build_action(rule_id: str, spec: ActionSpec) -> Action:
             return LsubSpecialUse(rule_id, spec)
         case HoldUntaggedAction():
             return HoldUntagged(rule_id, spec)
+        case MoveEmulationAction():
+            return EmulateMove(rule_id, spec)
     raise TypeError(f"no implementation for action {spec!r}")  # pragma: no cover

@@ -2,19 +2,28 @@
 
 How this works: the engine calls only the hooks an action declared interest in
 (`commands`, `responses`) or that every action has (`capabilities`, `holds`,
-`releases_before`). Command hooks return a `Rewrite` (send this command instead) or a
-`LocalAnswer` (the proxy answers; nothing goes upstream); response hooks return the new
-response, or None for "unchanged".
+`releases_before`). Command hooks return a `Rewrite` (send this command instead), a
+`LocalAnswer` (the proxy answers; nothing goes upstream) or an `Emulate` (the proxy
+answers after running a script of its own upstream commands); response hooks return the
+new response, or None for "unchanged".
+
+An emulation script is sans-IO: a generator that yields one `UpstreamCommand` at a time
+(no tag: the session assigns one), is sent that command's `StepResult` (the tagged
+status and line, and the one-line untagged responses that arrived while it ran), and
+finally returns an `EmulationAnswer`: the untagged bytes the client gets (the script
+decides which of the untagged lines it saw are passed on; unrelated ones should be), the
+tagged status text, and an outcome label for the `EmulationFinished` observation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from imap_proxy.wire.command import Command
 from imap_proxy.wire.response import Response
+from imap_proxy.wire.syntax import Value
 
 if TYPE_CHECKING:
     from imap_proxy.quirks.engine import SessionView
@@ -33,6 +42,50 @@ class LocalAnswer:
     status_text: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class UpstreamCommand:
+    """A command an emulation script sends upstream: `name` ("UID COPY") and its args."""
+
+    name: str
+    args: tuple[Value, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """What the upstream answered to one `UpstreamCommand`."""
+
+    status: str  # OK, NO, BAD (uppercase)
+    line: bytes  # the tagged line, CRLF included
+    untagged: tuple[bytes, ...]  # one-line untagged responses received meanwhile
+
+    @property
+    def text(self) -> bytes:
+        """The tagged line after tag and status: `[TRYCREATE] No such mailbox`."""
+        words = self.line.rstrip(b"\r\n").split(b" ", 2)
+        return words[2] if len(words) > 2 else b""
+
+
+@dataclass(frozen=True, slots=True)
+class EmulationAnswer:
+    """The end of a script: `untagged` (CRLF included), then the tagged `status_text`."""
+
+    untagged: bytes
+    status_text: bytes
+    outcome: str  # a bounded label: "ok", "failed", "rolled_back"
+
+
+Script = Generator[UpstreamCommand, StepResult, EmulationAnswer]
+
+
+@dataclass(frozen=True, slots=True)
+class Emulate:
+    """Answer the command by running `script` upstream (see the module docstring)."""
+
+    script: Script
+    rule_id: str
+    kind: str  # what is emulated, a bounded label ("move")
+
+
 class Action:
     kind: ClassVar[str] = "action"
     commands: frozenset[str] = frozenset()
@@ -45,7 +98,9 @@ class Action:
     def capabilities(self, caps: list[str], view: SessionView) -> list[str]:
         return caps
 
-    def on_command(self, command: Command, view: SessionView) -> Rewrite | LocalAnswer | None:
+    def on_command(
+        self, command: Command, view: SessionView
+    ) -> Rewrite | LocalAnswer | Emulate | None:
         return None
 
     def on_response(self, response: Response, view: SessionView) -> Response | None:
