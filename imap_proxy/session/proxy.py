@@ -32,6 +32,7 @@ without LITERAL+, and a refused literal be dropped rather than taken for command
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -414,6 +415,10 @@ class ProxySession:
             released = self.hooks.release_before_untagged(kind)
             if released:
                 self._out.append(ev.SendToClient(released))
+            if self.hooks.observes(kind) and self.hooks.observe_untagged(
+                kind, line, part.literal is None
+            ):
+                return  # a rule keeps this one-line response for the tagged completion
             if self.hooks.wants_response(kind):
                 if part.literal is not None:
                     self._hold_response(part)
@@ -499,6 +504,9 @@ class ProxySession:
         released = self.hooks.release_before_completion(command.name)
         if released:
             self._out.append(ev.SendToClient(released))
+        if self.hooks.rules.watches_tagged and not logged_in:
+            self._tagged_by_rules(command, part, line, None)
+            return
         self._relay_line(part, line)
         self._out.append(
             ev.CommandCompleted(command.tag.decode("ascii", "replace"), command.name, status)
@@ -510,6 +518,47 @@ class ProxySession:
             else:
                 self.user = None
         self._drain_if_quiet()
+
+    def _tagged_by_rules(
+        self, command: InFlight, part: LinePart, line: bytes, lookup: list[bytes] | None
+    ) -> None:
+        """A client command's completion, after the rules' `on_tagged` (stub FETCH)."""
+        outcome, applied = self.hooks.on_tagged(command.tag, command.name, line, lookup)
+        self._out += applied
+        if outcome is not None and outcome.lookup is not None and lookup is None:
+            if self._tracker.client_commands() == 0:
+                # Learn the UIDs first; nothing else of the client's is in flight, so the
+                # numbers mean what they meant for the command that just ended.
+                self._inject(
+                    b"FETCH " + outcome.lookup + b" (UID)",
+                    "FETCH",
+                    lambda _done, untagged: self._uids_looked_up(command, part, line, untagged),
+                )
+                return
+            outcome, applied = self.hooks.on_tagged(command.tag, command.name, line, [])
+            self._out += applied
+        if outcome is not None:
+            if outcome.untagged:
+                self._out.append(ev.SendToClient(outcome.untagged))
+            if outcome.bye is not None:
+                self._bye(outcome.bye, "rule-bye")
+                return
+            line = outcome.line if outcome.line is not None else line
+        self._relay_line(part, line)
+        status = _status_of(line).decode("ascii", "replace")
+        self._out.append(
+            ev.CommandCompleted(command.tag.decode("ascii", "replace"), command.name, status)
+        )
+        self._drain_if_quiet()
+
+    def _uids_looked_up(
+        self, command: InFlight, part: LinePart, line: bytes, untagged: list[bytes]
+    ) -> None:
+        answers = [data for data in untagged if _UID_ANSWER.fullmatch(data)]
+        others = b"".join(data for data in untagged if not _UID_ANSWER.fullmatch(data))
+        if others:
+            self._out.append(ev.SendToClient(others))
+        self._tagged_by_rules(command, part, line, answers)
 
     def _command_ended_early(self) -> None:
         """The upstream answered a command that was still waiting for its `+`."""
@@ -876,6 +925,9 @@ class ProxySession:
         self._to_upstream(part)
         if self._proxy_parts:
             self._await = _Await.PROXY_LITERAL
+
+
+_UID_ANSWER = re.compile(rb"\* \d+ FETCH \(UID \d+\)\r?\n")
 
 
 def _status_of(line: bytes) -> bytes:

@@ -16,6 +16,7 @@ from imap_proxy.quirks.actions.mailboxes import (
     LsubSpecialUse,
     StripTrailingSeparator,
 )
+from imap_proxy.quirks.actions.stubfetch import StubFetch
 from imap_proxy.quirks.actions.untagged import HoldUntagged
 from imap_proxy.quirks.model import (
     ActionSpec,
@@ -25,6 +26,7 @@ from imap_proxy.quirks.model import (
     LsubNoselectAction,
     LsubSpecialUseAction,
     StripTrailingSeparatorAction,
+    StubFetchAction,
 )
 
 __all__ = ["Action", "LocalAnswer", "Rewrite", "build_action"]
@@ -44,4 +46,6 @@ def build_action(rule_id: str, spec: ActionSpec) -> Action:
             return LsubSpecialUse(rule_id, spec)
         case HoldUntaggedAction():
             return HoldUntagged(rule_id, spec)
+        case StubFetchAction():
+            return StubFetch(rule_id, spec)
     raise TypeError(f"no implementation for action {spec!r}")  # pragma: no cover

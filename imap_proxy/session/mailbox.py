@@ -1,0 +1,178 @@
+"""The selected mailbox as the client sees it, for rules that need message numbers.
+
+How this works: a `MailboxState` exists only when an active rule asks for one (the
+stub-FETCH action builds it), so sessions without such a rule pay nothing. It is fed
+what passes through, never bodies:
+
+* the client's SELECT/EXAMINE (a new, empty map) and CLOSE/UNSELECT;
+* `* n EXISTS` (the message count) and `* n EXPUNGE` (the count drops and the numbers
+  above n shift down), as the client receives them;
+* the first line of every untagged FETCH (`fetch_first_line`): its message number, and
+  its UID when the line carries one before any literal.
+
+From that it keeps a sequence-number -> UID map (`array('I')`, 4 bytes a message, 0 for
+"not learnt yet") and a queue of untagged EXPUNGE lines held back while a FETCH, STORE or
+SEARCH runs (RFC 9051 §7.5.1 forbids sending them then); `release_expunges()` gives
+them back, in order, and applies them to the map.
+
+`FetchWatch` follows one sequence-number FETCH of the client from its command to its
+tagged completion: which numbers got a FETCH response (a bitmap over the message count),
+and the upstream's own stub lines (`looks_expunged`: Dovecot answers an expunged
+message's body as NIL, its size as 0, its date as the epoch), held back until the tagged
+line says whether they are stubs (`[EXPUNGEISSUED]`) or real data.
+"""
+
+from __future__ import annotations
+
+import re
+from array import array
+from dataclasses import dataclass, field
+from typing import Final
+
+from imap_proxy.wire.command import FetchRequest
+from imap_proxy.wire.errors import ProtocolError
+from imap_proxy.wire.message import Message
+from imap_proxy.wire.response import FetchData, parse_response
+from imap_proxy.wire.syntax import Atom, Nil, ParenList, Quoted, split_section
+
+MAX_MESSAGES: Final = 10_000_000  # a count beyond this is not believed (memory bound)
+MAX_HELD_LINES: Final = 100_000  # held EXPUNGE or stub lines per command, then pass on
+_FETCH_HEAD: Final = re.compile(rb"\* (\d{1,10}) FETCH \(")
+# UID as an item name: after "(" or a space, in the part of the line before any quoted
+# string or literal (so a subject reading "UID 5" is never taken for one).
+_UID_ITEM: Final = re.compile(rb"(?:^|[( ])UID (\d{1,10})[ )]")
+_STRING_ITEMS: Final = frozenset({b"BODY", b"BINARY", b"RFC822", b"RFC822.HEADER", b"RFC822.TEXT"})
+_EPOCH: Final = b"01-Jan-1970 00:00:00 +0000"
+
+
+def fetch_first_line(line: bytes) -> tuple[int, int | None] | None:
+    """(message number, UID or None) of an untagged FETCH's first line; None if it is
+    not one."""
+    head = _FETCH_HEAD.match(line)
+    if head is None:
+        return None
+    rest = line[head.end() :]
+    cut = min((i for i in (rest.find(b'"'), rest.find(b"{")) if i >= 0), default=len(rest))
+    found = _UID_ITEM.search(b"(" + rest[:cut] + (b")" if cut == len(rest) else b""))
+    return int(head.group(1)), None if found is None else int(found.group(1))
+
+
+def looks_expunged(line: bytes) -> bool:
+    """True for a one-line FETCH response that has the look of an upstream's own stub for
+    an expunged message: a body item that is NIL, RFC822.SIZE 0, an all-NIL ENVELOPE or
+    the epoch as INTERNALDATE (Dovecot's 4.1.3 answer). Real data never has the first;
+    the others are confirmed by the tagged `[EXPUNGEISSUED]` before anything is changed."""
+    if b"NIL" not in line and b"RFC822.SIZE 0" not in line and _EPOCH not in line:
+        return False
+    try:
+        response = parse_response(Message.from_line(line))
+    except ProtocolError:
+        return False
+    if not isinstance(response, FetchData):
+        return False
+    for name, value in response.items:
+        base = split_section(name.encode("ascii")).name
+        if base in _STRING_ITEMS and isinstance(value, Nil):
+            return True
+        if name == "RFC822.SIZE" and value == Atom(b"0"):
+            return True
+        if name == "INTERNALDATE" and value == Quoted(_EPOCH):
+            return True
+        envelope = isinstance(value, ParenList) and name == "ENVELOPE"
+        if envelope and all(isinstance(item, Nil) for item in value.items):  # type: ignore[union-attr]
+            return True
+    return False
+
+
+class MailboxState:
+    """See the module docstring. Numbers are the client's (what it has been told)."""
+
+    def __init__(self) -> None:
+        self.selected: bytes | None = None
+        self._uids: array[int] = array("I")
+        self.held_expunges: list[bytes] = []
+        self.expunges_delivered = 0  # EXPUNGE responses the client got so far
+
+    @property
+    def exists(self) -> int:
+        return len(self._uids)
+
+    def select(self, mailbox: bytes | None) -> None:
+        """A SELECT/EXAMINE starts (the old map is void), or (None) the mailbox closes."""
+        self.selected = mailbox
+        self._uids = array("I")
+        self.held_expunges.clear()
+
+    def exists_now(self, count: int) -> None:
+        count = min(count, MAX_MESSAGES)
+        if count > len(self._uids):
+            self._uids.frombytes(bytes(self._uids.itemsize * (count - len(self._uids))))
+        elif count < len(self._uids):
+            del self._uids[count:]  # only a broken server shrinks by EXISTS
+
+    def expunged(self, number: int) -> None:
+        """`* number EXPUNGE` reached the client."""
+        if 1 <= number <= len(self._uids):
+            del self._uids[number - 1]
+        self.expunges_delivered += 1
+
+    def learn(self, number: int, uid: int | None) -> None:
+        if uid is None or number < 1:
+            return
+        if number > len(self._uids):
+            self.exists_now(number)  # a FETCH names a message: it exists
+        if number <= len(self._uids) and 0 < uid < 2**32:
+            self._uids[number - 1] = uid
+
+    def uid(self, number: int) -> int | None:
+        if 1 <= number <= len(self._uids):
+            return self._uids[number - 1] or None
+        return None
+
+    def hold_expunge(self, line: bytes) -> bool:
+        """Queue an EXPUNGE line; False (send it now) when the queue is full."""
+        if len(self.held_expunges) >= MAX_HELD_LINES:
+            return False
+        self.held_expunges.append(line)
+        return True
+
+    def release_expunges(self) -> bytes:
+        out = b"".join(self.held_expunges)
+        for line in self.held_expunges:
+            self.expunged(int(line.split(b" ", 2)[1]))
+        self.held_expunges.clear()
+        return out
+
+
+@dataclass(slots=True)
+class FetchWatch:
+    """One client FETCH by message number, from command to tagged completion."""
+
+    tag: bytes
+    request: FetchRequest
+    largest: int  # the message count when the command started (for `*`)
+    answered: bytearray = field(default_factory=bytearray)  # bitmap over 1..largest
+    held: dict[int, bytes] = field(default_factory=dict)  # number -> upstream stub line
+
+    def __post_init__(self) -> None:
+        self.answered = bytearray((self.largest + 8) // 8)
+
+    def saw(self, number: int) -> None:
+        if 1 <= number <= self.largest:
+            self.answered[number >> 3] |= 1 << (number & 7)
+
+    def was_answered(self, number: int) -> bool:
+        return 1 <= number <= self.largest and bool(self.answered[number >> 3] & 1 << (number & 7))
+
+    def requested(self) -> list[int]:
+        return self.request.messages.members(self.largest)
+
+    def missing(self) -> list[int]:
+        """Requested numbers (within the count) that got no FETCH response at all."""
+        return [n for n in self.requested() if not self.was_answered(n)]
+
+    def hold(self, number: int, line: bytes) -> bool:
+        if len(self.held) >= MAX_HELD_LINES:
+            return False
+        self.held[number] = line
+        return True
