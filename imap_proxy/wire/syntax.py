@@ -195,7 +195,7 @@ class SequenceSet:
         """Every number of the set up to `largest`, ascending and without repeats."""
         found: set[int] = set()
         for low, high in self.bounds(largest):
-            found.update(range(low, min(high, largest) + 1))
+            found.update(range(max(low, 1), min(high, largest) + 1))
         return sorted(found)
 
 
