@@ -153,6 +153,7 @@ class FetchWatch:
     largest: int  # the message count when the command started (for `*`)
     answered: bytearray = field(default_factory=bytearray)  # bitmap over 1..largest
     held: dict[int, bytes] = field(default_factory=dict)  # number -> upstream stub line
+    dropped: int = 0  # held lines voided by an EXPUNGE of their message
 
     def __post_init__(self) -> None:
         self.answered = bytearray((self.largest + 8) // 8)
@@ -170,6 +171,25 @@ class FetchWatch:
     def missing(self) -> list[int]:
         """Requested numbers (within the count) that got no FETCH response at all."""
         return [n for n in self.requested() if not self.was_answered(n)]
+
+    def covers(self, number: int, uid: int | None) -> bool:
+        """Whether a FETCH response for this message answers this command."""
+        if self.request.uid:
+            return uid is not None and self.request.messages.contains(uid, 2**32 - 1)
+        return self.request.messages.contains(number, self.largest)
+
+    def expunged(self, number: int) -> None:
+        """An EXPUNGE reached the client (allowed during UID FETCH): the held line of
+        that message is void, and those of higher numbers move down by one."""
+        moved: dict[int, bytes] = {}
+        self.dropped += number in self.held
+        for held_number, line in self.held.items():
+            if held_number < number:
+                moved[held_number] = line
+            elif held_number > number:
+                rest = line.split(b" ", 2)[2]
+                moved[held_number - 1] = b"* %d " % (held_number - 1) + rest
+        self.held = moved
 
     def hold(self, number: int, line: bytes) -> bool:
         if len(self.held) >= MAX_HELD_LINES:

@@ -312,3 +312,29 @@ def test_stub_responses_frame_as_whole_messages() -> None:
     stub = fetches(out)[2]
     assert set(stub) == {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"}
     assert frame(out, Side.UPSTREAM)[-1].first_line.startswith(b"f OK")
+
+
+def test_dovecot_uid_fetch_stub_of_a_uid_it_then_expunges_is_dropped() -> None:
+    run = Run(stub_rules(), uids=True)
+    run.client(b"u UID FETCH 30 (FLAGS BODY.PEEK[])\r\n")
+    run.upstream(
+        b"* 3 FETCH (UID 30 FLAGS (\\Deleted) BODY[] NIL)\r\n* 3 EXPUNGE\r\n"
+        b"u OK [EXPUNGEISSUED] Some messages were already expunged\r\n"
+    )
+    assert run.to_client() == (
+        b"* 3 EXPUNGE\r\nu OK [EXPUNGEISSUED] Some messages were already expunged\r\n"
+    )
+    assert run.applied() == ["stub-fetch-expunged"]
+
+
+def test_uid_fetch_lines_held_across_an_expunge_are_renumbered_when_real() -> None:
+    run = Run(stub_rules(), count=4, uids=True)
+    run.client(b"u UID FETCH 30:40 (RFC822.SIZE)\r\n")
+    run.upstream(b"* 3 FETCH (UID 30 RFC822.SIZE 0)\r\n* 4 FETCH (UID 40 RFC822.SIZE 0)\r\n")
+    run.upstream(b"* 1 EXPUNGE\r\nu OK Fetch completed\r\n")
+    # two empty messages after all: sent, with the numbers they have after the EXPUNGE
+    assert run.to_client() == (
+        b"* 1 EXPUNGE\r\n* 2 FETCH (UID 30 RFC822.SIZE 0)\r\n* 3 FETCH (UID 40 RFC822.SIZE 0)\r\n"
+        b"u OK Fetch completed\r\n"
+    )
+    assert run.applied() == []

@@ -23,6 +23,10 @@ tagged completion:
   session with BYE (the loop-breaker);
 * held lines that turn out to be real data are sent unchanged.
 
+A UID FETCH is watched the same way: Dovecot stubs a UID it then reports expunged in the
+same response (`BODY[] NIL`, `* n EXPUNGE`, `OK [EXPUNGEISSUED]`); those stubs are
+dropped, since a UID command answers a vanished UID with no data (RFC 9051 §6.4.9).
+
 Untagged EXPUNGE arriving while a FETCH, STORE or SEARCH runs (§7.5.1 forbids it) is held
 and sent just before that command's tagged line: later commands by number then mean the
 same messages to the client and to the upstream. A NO to UID FETCH or UID STORE - or to
@@ -46,7 +50,7 @@ if TYPE_CHECKING:
     from imap_proxy.quirks.engine import SessionView
 
 _NO_EXPUNGE_DURING = frozenset({"FETCH", "STORE", "SEARCH"})  # RFC 9051 §7.5.1
-_UID_COMMANDS = frozenset({"UID FETCH", "UID STORE", "UID COPY", "UID MOVE"})
+_UID_COMMANDS = frozenset({"UID STORE", "UID COPY", "UID MOVE"})
 _SINGLE_UID_ONLY = frozenset({"UID COPY", "UID MOVE"})  # a NO may have copied nothing
 _CODE_EXPUNGEISSUED = b"[EXPUNGEISSUED"
 _STUB_OK_TEXT = b"OK [EXPUNGEISSUED] Some messages were expunged by another session; NOOP"
@@ -64,7 +68,8 @@ def _status(line: bytes, tag: bytes) -> tuple[bytes, bytes]:
 class StubFetch(Action):
     kind = "stub_fetch"
     commands = frozenset(
-        {"SELECT", "EXAMINE", "CLOSE", "UNSELECT", "FETCH", "STORE", "SEARCH", *_UID_COMMANDS}
+        {"SELECT", "EXAMINE", "CLOSE", "UNSELECT", "FETCH", "STORE", "SEARCH", "UID FETCH"}
+        | _UID_COMMANDS
     )
     observes = frozenset({"FETCH", "EXISTS", "EXPUNGE"})
     watches_tagged = True
@@ -90,7 +95,7 @@ class StubFetch(Action):
             self._new_mailbox(mailbox)
         elif name in ("CLOSE", "UNSELECT"):
             self._new_mailbox(None)
-        elif name == "FETCH":
+        elif name in ("FETCH", "UID FETCH"):
             try:
                 request = parse_fetch(command)
             except ProtocolError:
@@ -125,11 +130,16 @@ class StubFetch(Action):
             self.mailbox.exists_now(number)
             return False
         # EXPUNGE
-        if whole and (self._fetches or self._blocking) and self.mailbox.hold_expunge(line):
+        if whole and self._expunge_forbidden() and self.mailbox.hold_expunge(line):
             return True
         self.mailbox.expunged(number)
         self._stubbed.clear()
+        for watch in self._fetches.values():
+            watch.expunged(number)  # a UID FETCH's held lines: numbers above shift down
         return False
+
+    def _expunge_forbidden(self) -> bool:
+        return bool(self._blocking) or any(not w.request.uid for w in self._fetches.values())
 
     def _fetch_line(self, line: bytes, whole: bool) -> bool:
         found = fetch_first_line(line)
@@ -140,7 +150,7 @@ class StubFetch(Action):
         keeper: FetchWatch | None = None
         for watch in self._fetches.values():
             watch.saw(number)
-            if keeper is None and watch.request.messages.contains(number, watch.largest):
+            if keeper is None and watch.covers(number, uid):
                 keeper = watch
         if keeper is None or not whole or not looks_expunged(line):
             return False
@@ -154,6 +164,8 @@ class StubFetch(Action):
         watch = self._fetches.get(tag)
         if watch is not None and name == "FETCH":
             return self._fetch_done(watch, line, lookup)
+        if watch is not None and name == "UID FETCH":
+            return self._uid_fetch_done(watch, line)
         if self._blocking.pop(tag, None) is not None:
             released = self.mailbox.release_expunges()
             return TaggedOutcome(untagged=released, changed=False) if released else None
@@ -218,9 +230,24 @@ class StubFetch(Action):
     ) -> TaggedOutcome | None:
         """The outcome, with the held EXPUNGEs after everything that uses old numbers."""
         untagged += self.mailbox.release_expunges()
-        if not untagged and line is None:
+        if not untagged and line is None and not changed:
             return None
         return TaggedOutcome(untagged=untagged, line=line, changed=changed)
+
+    def _uid_fetch_done(self, watch: FetchWatch, line: bytes) -> TaggedOutcome | None:
+        """Dovecot stubs a UID it is about to report expunged (`BODY[] NIL`, then the
+        EXPUNGE): RFC 9051 §6.4.9's answer is no data at all, so confirmed stubs go."""
+        del self._fetches[watch.tag]
+        status, text = _status(line, watch.tag)
+        if not self._gone(status, text):
+            real = b"".join(watch.held.values())
+            return self._release(real, None, changed=watch.dropped > 0)
+        replacement = None
+        if status == b"NO" and self.uid_vanished_ok:
+            replacement = watch.tag + b" OK " + text + b"\r\n"
+        if not watch.held and not watch.dropped and replacement is None:
+            return None
+        return TaggedOutcome(line=replacement)
 
     def _uid_done(self, tag: bytes, command: tuple[str, bool], line: bytes) -> TaggedOutcome | None:
         name, single = command
