@@ -143,9 +143,13 @@ class StubFetchAction(_Strict):
     on_repeat: Literal["same", "bye"] = "same"
     uid_vanished_ok: bool = True
     vanished_text: str = Field(
-        default=r"(?i)expunge|no longer|vanish|not exist|does ?n.t exist",
-        description="regex on a tagged NO's text (besides [EXPUNGEISSUED]) that means "
-        "'those messages are gone'",
+        default=(
+            r"(?i)\bexpunged\b"
+            r"|\b(messages?|uids?)\b.*\b(no longer|vanished|(do|does)(n't| not) exist)"
+        ),
+        description="regex on the text of a tagged NO without response code that means "
+        "'those messages are gone' ([EXPUNGEISSUED] always does; a text naming a mailbox, "
+        "folder, quota, permission or error never does)",
     )
 
     _regex = field_validator("vanished_text")(_check_regex)

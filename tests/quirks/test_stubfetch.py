@@ -234,6 +234,11 @@ def test_expunge_during_store_is_released_before_its_completion() -> None:
         (b"UID STORE 20,30 +FLAGS (\\Seen)", b"NO [EXPUNGEISSUED] Messages expunged", True),
         (b"UID COPY 20 Trash", b"NO No messages were moved: expunged", True),
         (b"UID MOVE 20 Trash", b"NO Message does not exist", True),
+        # about the destination: the client must see it, or it deletes the originals
+        (b"UID COPY 20 Archive", b"NO [TRYCREATE] Mailbox doesn't exist: Archive", False),
+        (b"UID COPY 20 Archive", b"NO Mailbox doesn't exist: Archive", False),
+        (b"UID MOVE 20 Archive", b"NO [OVERQUOTA] Quota exceeded (messages)", False),
+        (b"UID COPY 20 Archive", b"NO Messages could not be copied: permission denied", False),
         # more than one UID: a NO may have copied none of those that do exist
         (b"UID COPY 20,30 Trash", b"NO Some messages no longer exist", False),
         (b"UID FETCH 20 (FLAGS)", b"NO [SERVERBUG] Internal error", False),

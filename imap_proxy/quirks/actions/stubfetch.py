@@ -53,6 +53,9 @@ _NO_EXPUNGE_DURING = frozenset({"FETCH", "STORE", "SEARCH"})  # RFC 9051 §7.5.1
 _UID_COMMANDS = frozenset({"UID STORE", "UID COPY", "UID MOVE"})
 _SINGLE_UID_ONLY = frozenset({"UID COPY", "UID MOVE"})  # a NO may have copied nothing
 _CODE_EXPUNGEISSUED = b"[EXPUNGEISSUED"
+_NOT_ABOUT_MESSAGES = re.compile(
+    rb"(?i)mailbox|folder|quota|permission|denied|read-only|readonly|space|limit|error"
+)
 _STUB_OK_TEXT = b"OK [EXPUNGEISSUED] Some messages were expunged by another session; NOOP"
 _STUB_NO_TEXT = b"NO [EXPUNGEISSUED] Some of the requested messages no longer exist; NOOP"
 _BYE_TEXT = b"Message %d was expunged by another session and fetched again; log in again"
@@ -175,10 +178,15 @@ class StubFetch(Action):
         return None
 
     def _gone(self, status: bytes, text: bytes) -> bool:
-        """Whether a completion says that messages were expunged."""
-        if text.upper().startswith(_CODE_EXPUNGEISSUED):
-            return True
-        return status == b"NO" and self.vanished_text.search(text) is not None
+        """Whether a completion says that messages were expunged - and nothing else: a NO
+        about the mailbox (`[TRYCREATE] Mailbox doesn't exist`), a quota or a right would
+        make a client believe a COPY worked and delete the originals."""
+        if text.startswith(b"["):
+            code = text[1:].split(b"]", 1)[0].split(b" ", 1)[0].upper()
+            return code == b"EXPUNGEISSUED"
+        if status != b"NO" or _NOT_ABOUT_MESSAGES.search(text):
+            return False
+        return self.vanished_text.search(text) is not None
 
     def _fetch_done(
         self, watch: FetchWatch, line: bytes, lookup: list[bytes] | None
