@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 from array import array
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -37,10 +38,17 @@ from imap_proxy.wire.syntax import Atom, Nil, ParenList, Quoted, split_section
 
 MAX_MESSAGES: Final = 10_000_000  # a count beyond this is not believed (memory bound)
 MAX_HELD_LINES: Final = 100_000  # held EXPUNGE or stub lines per command, then pass on
-_FETCH_HEAD: Final = re.compile(rb"\* (\d{1,10}) FETCH \(")
-# UID as an item name: after "(" or a space, in the part of the line before any quoted
-# string or literal (so a subject reading "UID 5" is never taken for one).
-_UID_ITEM: Final = re.compile(rb"(?:^|[( ])UID (\d{1,10})[ )]")
+# The number, and the part of the line before any quoted string or literal: UID is taken
+# only from there, as an item name (so a subject reading "UID 5" is never taken for one).
+_FETCH_HEAD: Final = re.compile(rb'\* (\d{1,10}) FETCH \(([^"{\r\n]*)')
+_UID_ITEM: Final = re.compile(rb"(?:^|[( ])UID (\d{1,10})(?=[ )]|$)")
+# What an upstream's own stub for an expunged message looks like (Dovecot 2.3): a body
+# item that is NIL, a zero size, an all-NIL envelope, the epoch. Lines without any of
+# these are never parsed (an ENVELOPE line has NILs, but not ten in a row).
+_STUB_SIGNS: Final = re.compile(
+    rb"(?:\]|<\d+>|RFC822|RFC822\.HEADER|RFC822\.TEXT) NIL[ )]|RFC822\.SIZE 0[ )]"
+    rb'|ENVELOPE \(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL\)|"01-Jan-1970 00:00:00 \+0000"'
+)
 _STRING_ITEMS: Final = frozenset({b"BODY", b"BINARY", b"RFC822", b"RFC822.HEADER", b"RFC822.TEXT"})
 _EPOCH: Final = b"01-Jan-1970 00:00:00 +0000"
 
@@ -51,9 +59,7 @@ def fetch_first_line(line: bytes) -> tuple[int, int | None] | None:
     head = _FETCH_HEAD.match(line)
     if head is None:
         return None
-    rest = line[head.end() :]
-    cut = min((i for i in (rest.find(b'"'), rest.find(b"{")) if i >= 0), default=len(rest))
-    found = _UID_ITEM.search(b"(" + rest[:cut] + (b")" if cut == len(rest) else b""))
+    found = _UID_ITEM.search(head.group(2))
     return int(head.group(1)), None if found is None else int(found.group(1))
 
 
@@ -62,7 +68,7 @@ def looks_expunged(line: bytes) -> bool:
     an expunged message: a body item that is NIL, RFC822.SIZE 0, an all-NIL ENVELOPE or
     the epoch as INTERNALDATE (Dovecot's 4.1.3 answer). Real data never has the first;
     the others are confirmed by the tagged `[EXPUNGEISSUED]` before anything is changed."""
-    if b"NIL" not in line and b"RFC822.SIZE 0" not in line and _EPOCH not in line:
+    if _STUB_SIGNS.search(line) is None:
         return False
     try:
         response = parse_response(Message.from_line(line))
@@ -146,7 +152,7 @@ class MailboxState:
 
 @dataclass(slots=True)
 class FetchWatch:
-    """One client FETCH by message number, from command to tagged completion."""
+    """One client FETCH (by message number, or UID FETCH), from command to completion."""
 
     tag: bytes
     request: FetchRequest
@@ -154,29 +160,55 @@ class FetchWatch:
     answered: bytearray = field(default_factory=bytearray)  # bitmap over 1..largest
     held: dict[int, bytes] = field(default_factory=dict)  # number -> upstream stub line
     dropped: int = 0  # held lines voided by an EXPUNGE of their message
+    _starts: list[int] = field(default_factory=list)  # merged requested ranges
+    _ends: list[int] = field(default_factory=list)
+    _wanted: int = 0  # requested numbers within the count
+    _got: int = 0  # of those, answered
 
     def __post_init__(self) -> None:
         self.answered = bytearray((self.largest + 8) // 8)
+        largest = 2**32 - 1 if self.request.uid else self.largest
+        for low, high in sorted(self.request.messages.bounds(largest)):
+            if self._ends and low <= self._ends[-1] + 1:
+                self._ends[-1] = max(self._ends[-1], high)
+            else:
+                self._starts.append(low)
+                self._ends.append(high)
+        if not self.request.uid:
+            self._wanted = sum(
+                max(0, min(end, self.largest) - start + 1)
+                for start, end in zip(self._starts, self._ends, strict=True)
+            )
+
+    def _requested(self, number: int) -> bool:
+        index = bisect_right(self._starts, number) - 1
+        return index >= 0 and number <= self._ends[index]
 
     def saw(self, number: int) -> None:
-        if 1 <= number <= self.largest:
+        if 1 <= number <= self.largest and not self.was_answered(number):
             self.answered[number >> 3] |= 1 << (number & 7)
+            self._got += self._requested(number)
 
     def was_answered(self, number: int) -> bool:
         return 1 <= number <= self.largest and bool(self.answered[number >> 3] & 1 << (number & 7))
 
-    def requested(self) -> list[int]:
-        return self.request.messages.members(self.largest)
-
     def missing(self) -> list[int]:
-        """Requested numbers (within the count) that got no FETCH response at all."""
-        return [n for n in self.requested() if not self.was_answered(n)]
+        """Requested numbers (within the count) that got no FETCH response at all. A
+        fetch modifier (CHANGEDSINCE) leaves messages out on purpose: none then."""
+        if self.request.uid or self.request.modifiers or self._got >= self._wanted:
+            return []
+        return [
+            number
+            for start, end in zip(self._starts, self._ends, strict=True)
+            for number in range(start, min(end, self.largest) + 1)
+            if not self.was_answered(number)
+        ]
 
     def covers(self, number: int, uid: int | None) -> bool:
         """Whether a FETCH response for this message answers this command."""
         if self.request.uid:
-            return uid is not None and self.request.messages.contains(uid, 2**32 - 1)
-        return self.request.messages.contains(number, self.largest)
+            return uid is not None and self._requested(uid)
+        return self._requested(number)
 
     def expunged(self, number: int) -> None:
         """An EXPUNGE reached the client (allowed during UID FETCH): the held line of

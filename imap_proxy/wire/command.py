@@ -182,6 +182,7 @@ class FetchRequest:
     messages: SequenceSet
     items: tuple[bytes, ...]
     uid: bool
+    modifiers: tuple[bytes, ...] = ()  # RFC 4466 fetch modifiers: CHANGEDSINCE, VANISHED
 
 
 def _item_name(atom: bytes) -> bytes:
@@ -210,7 +211,14 @@ def parse_fetch(cmd: Command) -> FetchRequest:
         )
     if not items:
         raise ParseError(Side.CLIENT, "FETCH needs at least one item")
-    return FetchRequest(messages, tuple(items), cmd.uid)
+    modifiers: list[bytes] = []
+    for extra in cmd.args[2:]:
+        if not isinstance(extra, ParenList):
+            raise ParseError(Side.CLIENT, "FETCH modifiers must be a list")
+        modifiers += [
+            v.value.upper() for v in extra.items if isinstance(v, Atom) and not v.value.isdigit()
+        ]
+    return FetchRequest(messages, tuple(items), cmd.uid, tuple(modifiers))
 
 
 def command_set(cmd: Command) -> SequenceSet | None:

@@ -343,3 +343,22 @@ def test_uid_fetch_lines_held_across_an_expunge_are_renumbered_when_real() -> No
         b"u OK Fetch completed\r\n"
     )
     assert run.applied() == []
+
+
+def test_a_pipelining_client_is_followed_for_a_bounded_number_of_commands() -> None:
+    run = Run(stub_rules(), uids=True)
+    run.client(b"".join(b"p%d FETCH 1 (FLAGS)\r\n" % n for n in range(100)))
+    run.client(b"f FETCH 2 (BODY.PEEK[])\r\n")  # beyond the bound: passes untouched
+    run.upstream(b"".join(b"* 1 FETCH (FLAGS ())\r\np%d OK done\r\n" % n for n in range(100)))
+    assert b"UID" not in run.to_client()  # nothing stubbed: every command was answered
+    upstream = b"* 2 FETCH (BODY[] NIL)\r\nf OK [EXPUNGEISSUED] expunged\r\n"
+    run.upstream(upstream)
+    assert run.to_client().endswith(upstream)
+
+
+def test_changedsince_leaves_messages_out_on_purpose() -> None:
+    run = Run(stub_rules(), uids=True)
+    run.client(b"f FETCH 1:3 (FLAGS) (CHANGEDSINCE 12345)\r\n")
+    upstream = b"* 2 FETCH (FLAGS (\\Seen) MODSEQ (12346))\r\nf OK Fetch completed\r\n"
+    run.upstream(upstream)
+    assert run.to_client() == upstream  # 1 and 3 did not change: no stubs for them

@@ -108,6 +108,22 @@ def test_fetch_watch_finds_requested_numbers_without_answers() -> None:
     watch = FetchWatch(b"t", request, largest=10)
     for number in (2, 3, 5, 8, 9, 10, 11):  # 11: beyond the count, ignored
         watch.saw(number)
-    assert watch.requested() == list(range(2, 11))
     assert watch.missing() == [4, 6, 7]
     assert watch.was_answered(8) and not watch.was_answered(1)
+
+
+def test_fetch_watch_with_overlapping_ranges_and_star() -> None:
+    request = FetchRequest(parse_sequence_set(b"5:*,1:3,2:4", Side.CLIENT), (b"UID",), uid=False)
+    watch = FetchWatch(b"t", request, largest=6)
+    assert watch.missing() == [1, 2, 3, 4, 5, 6]
+    for number in (1, 1, 2, 4, 6):  # a repeated response counts once
+        watch.saw(number)
+    assert watch.missing() == [3, 5]
+    assert watch.covers(6, None) and not watch.covers(7, None)
+
+
+def test_uid_fetch_watch_covers_uids_and_never_misses() -> None:
+    request = FetchRequest(parse_sequence_set(b"100:200", Side.CLIENT), (b"FLAGS",), uid=True)
+    watch = FetchWatch(b"t", request, largest=3)
+    assert watch.covers(1, 150) and not watch.covers(1, 99) and not watch.covers(150, None)
+    assert watch.missing() == []  # UIDs that are gone get no data: nothing to stub

@@ -80,6 +80,12 @@ def test_parse_fetch_items_sections_and_uid() -> None:
     assert request.items == (b"UID", b"FLAGS", b"BODY.PEEK[HEADER.FIELDS (From)]<0.10>")
 
 
+def test_parse_fetch_modifiers() -> None:
+    request = fetch_of(b"t UID FETCH 1:* (FLAGS) (CHANGEDSINCE 12345 VANISHED)\r\n")
+    assert request.modifiers == (b"CHANGEDSINCE", b"VANISHED")
+    assert fetch_of(b"t FETCH 1 FLAGS\r\n").modifiers == ()
+
+
 @pytest.mark.parametrize(
     ("macro", "items"),
     [
@@ -184,3 +190,12 @@ def test_stub_keeps_one_value_per_response_item() -> None:
 def test_any_stub_parses(items: list[bytes], uid: int) -> None:
     stub = parsed_stub(stub_fetch(9, uid, items))
     assert stub.items[0][1].value == str(uid).encode()  # type: ignore[union-attr]
+
+
+@given(st.binary(max_size=30))
+def test_any_bytes_are_a_sequence_set_or_a_parse_error(data: bytes) -> None:
+    try:
+        found = parse_sequence_set(data, Side.CLIENT)
+    except ParseError:
+        return
+    assert all(n >= 1 for n in found.members(50))

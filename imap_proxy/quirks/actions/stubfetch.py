@@ -49,6 +49,7 @@ from imap_proxy.wire.syntax import astring_bytes, encode_sequence_set
 if TYPE_CHECKING:
     from imap_proxy.quirks.engine import SessionView
 
+MAX_WATCHED_FETCHES = 64  # commands in flight followed at once; later ones pass untouched
 _NO_EXPUNGE_DURING = frozenset({"FETCH", "STORE", "SEARCH"})  # RFC 9051 §7.5.1
 _UID_COMMANDS = frozenset({"UID STORE", "UID COPY", "UID MOVE"})
 _SINGLE_UID_ONLY = frozenset({"UID COPY", "UID MOVE"})  # a NO may have copied nothing
@@ -103,8 +104,9 @@ class StubFetch(Action):
                 request = parse_fetch(command)
             except ProtocolError:
                 return None  # the upstream answers BAD
-            self._fetches[tag] = FetchWatch(tag, request, self.mailbox.exists)
-        elif name in _NO_EXPUNGE_DURING:
+            if len(self._fetches) < MAX_WATCHED_FETCHES:  # a pipelining client: bounded
+                self._fetches[tag] = FetchWatch(tag, request, self.mailbox.exists)
+        elif name in _NO_EXPUNGE_DURING and len(self._blocking) < MAX_WATCHED_FETCHES:
             self._blocking[tag] = name
         elif name in _UID_COMMANDS:
             messages = command_set(command)
@@ -112,7 +114,8 @@ class StubFetch(Action):
             single = (
                 single and messages is not None and messages.ranges[0][0] == (messages.ranges[0][1])
             )
-            self._uid_commands[tag] = (name, single)
+            if len(self._uid_commands) < MAX_WATCHED_FETCHES:
+                self._uid_commands[tag] = (name, single)
         return None
 
     def _new_mailbox(self, mailbox: bytes | None) -> None:
