@@ -6,7 +6,8 @@ what passes through, never bodies:
 
 * the client's SELECT/EXAMINE (a new, empty map) and CLOSE/UNSELECT;
 * `* n EXISTS` (the message count) and `* n EXPUNGE` (the count drops and the numbers
-  above n shift down), as the client receives them;
+  above n shift down), as the client receives them, and QRESYNC's `* VANISHED uids`
+  (exact when the UIDs were learnt; otherwise the state says it is no longer `reliable`);
 * the first line of every untagged FETCH (`fetch_first_line`): its message number, and
   its UID when the line carries one before any literal.
 
@@ -34,7 +35,7 @@ from imap_proxy.wire.command import FetchRequest
 from imap_proxy.wire.errors import ProtocolError
 from imap_proxy.wire.message import Message
 from imap_proxy.wire.response import FetchData, parse_response
-from imap_proxy.wire.syntax import Atom, Nil, ParenList, Quoted, split_section
+from imap_proxy.wire.syntax import Atom, Nil, ParenList, Quoted, SequenceSet, split_section
 
 MAX_MESSAGES: Final = 10_000_000  # a count beyond this is not believed (memory bound)
 MAX_HELD_LINES: Final = 100_000  # held EXPUNGE or stub lines per command, then pass on
@@ -98,6 +99,10 @@ class MailboxState:
         self._uids: array[int] = array("I")
         self.held_expunges: list[bytes] = []
         self.expunges_delivered = 0  # EXPUNGE responses the client got so far
+        # False once the client's numbers can no longer be followed (a VANISHED naming a
+        # UID never learnt): rules must then not speak for message numbers until the
+        # next SELECT.
+        self.reliable = True
 
     @property
     def exists(self) -> int:
@@ -108,6 +113,7 @@ class MailboxState:
         self.selected = mailbox
         self._uids = array("I")
         self.held_expunges.clear()
+        self.reliable = True
 
     def exists_now(self, count: int) -> None:
         count = min(count, MAX_MESSAGES)
@@ -120,6 +126,21 @@ class MailboxState:
         """`* number EXPUNGE` reached the client."""
         if 1 <= number <= len(self._uids):
             del self._uids[number - 1]
+        self.expunges_delivered += 1
+
+    def vanished(self, uids: SequenceSet) -> None:
+        """`* VANISHED uids` (RFC 7162, not EARLIER) reached the client: those messages
+        are gone and the count drops by as many. Exact when every UID of the mailbox
+        was learnt (UIDs of the set not among them never existed), or when every UID of
+        the set was found; otherwise the numbers are no longer known (`reliable`)."""
+        complete = 0 not in self._uids
+        count = sum(high - low + 1 for low, high in uids.bounds(0))
+        positions = [index for index, uid in enumerate(self._uids) if uid and uids.contains(uid, 0)]
+        for index in reversed(positions):
+            del self._uids[index]
+        if not complete and len(positions) != count:
+            self.reliable = False
+            del self._uids[max(0, len(self._uids) - (count - len(positions))) :]
         self.expunges_delivered += 1
 
     def learn(self, number: int, uid: int | None) -> None:

@@ -56,6 +56,7 @@ from imap_proxy.wire.encode import encode_command
 from imap_proxy.wire.errors import ProtocolError, Side
 from imap_proxy.wire.framer import NEED_DATA, FrameEvent, Framer, LinePart, LiteralData
 from imap_proxy.wire.message import Message
+from imap_proxy.wire.syntax import parse_sequence_set
 
 
 class _Phase(enum.Enum):
@@ -529,10 +530,13 @@ class ProxySession:
             if self._tracker.client_commands() == 0:
                 # Learn the UIDs first; nothing else of the client's is in flight, so the
                 # numbers mean what they meant for the command that just ended.
+                numbers = outcome.lookup
                 self._inject(
-                    b"FETCH " + outcome.lookup + b" (UID)",
+                    b"FETCH " + numbers + b" (UID)",
                     "FETCH",
-                    lambda _done, untagged: self._uids_looked_up(command, part, line, untagged),
+                    lambda _done, untagged: self._uids_looked_up(
+                        command, part, line, numbers, untagged
+                    ),
                 )
                 return
             outcome, applied = self.hooks.on_tagged(command.tag, command.name, line, [])
@@ -552,12 +556,18 @@ class ProxySession:
         self._drain_if_quiet()
 
     def _uids_looked_up(
-        self, command: InFlight, part: LinePart, line: bytes, untagged: list[bytes]
+        self, command: InFlight, part: LinePart, line: bytes, numbers: bytes, untagged: list[bytes]
     ) -> None:
-        answers = [data for data in untagged if _UID_ANSWER.fullmatch(data)]
-        others = b"".join(data for data in untagged if not _UID_ANSWER.fullmatch(data))
-        if others:
-            self._out.append(ev.SendToClient(others))
+        """The lookup's FETCH lines for those numbers go to the rule; anything else the
+        upstream sent meanwhile (EXISTS, flag changes of other messages) to the client."""
+        looked_up = parse_sequence_set(numbers, Side.CLIENT)
+        answers: list[bytes] = []
+        for data in untagged:
+            found = _FETCH_NUMBER.match(data)
+            if found is not None and looked_up.contains(int(found.group(1)), 0):
+                answers.append(data)
+            else:
+                self._out.append(ev.SendToClient(data))
         self._tagged_by_rules(command, part, line, answers)
 
     def _command_ended_early(self) -> None:
@@ -927,7 +937,7 @@ class ProxySession:
             self._await = _Await.PROXY_LITERAL
 
 
-_UID_ANSWER = re.compile(rb"\* \d+ FETCH \(UID \d+\)\r?\n")
+_FETCH_NUMBER = re.compile(rb"\* (\d{1,10}) FETCH ")
 
 
 def _status_of(line: bytes) -> bytes:

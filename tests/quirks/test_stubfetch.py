@@ -362,3 +362,29 @@ def test_changedsince_leaves_messages_out_on_purpose() -> None:
     upstream = b"* 2 FETCH (FLAGS (\\Seen) MODSEQ (12346))\r\nf OK Fetch completed\r\n"
     run.upstream(upstream)
     assert run.to_client() == upstream  # 1 and 3 did not change: no stubs for them
+
+
+def test_lookup_takes_its_own_lines_and_relays_other_messages_updates() -> None:
+    run = Run(stub_rules())
+    run.client(b"f FETCH 2 (RFC822)\r\n")
+    run.upstream(b"* 2 FETCH (RFC822 NIL)\r\nf OK [EXPUNGEISSUED] gone\r\n")
+    tag = run.to_upstream().split(b"\r\n")[1].split(b" ", 1)[0]
+    run.upstream(
+        b"* 2 FETCH (UID 77 FLAGS (\\Deleted))\r\n* 3 FETCH (UID 90 FLAGS (\\Seen))\r\n"
+        + tag
+        + b" OK done\r\n"
+    )
+    assert run.to_client() == (
+        b"* 3 FETCH (UID 90 FLAGS (\\Seen))\r\n"
+        b"* 2 FETCH (UID 77 RFC822 {0}\r\n)\r\nf OK [EXPUNGEISSUED] gone\r\n"
+    )
+
+
+def test_after_an_unaccountable_vanished_fetches_pass_untouched() -> None:
+    run = Run(stub_rules())  # no UIDs learnt
+    run.client(b"n NOOP\r\n")
+    run.upstream(b"* VANISHED 15\r\nn OK done\r\n")
+    run.client(b"f FETCH 2 (RFC822)\r\n")
+    upstream = b"* 2 FETCH (RFC822 NIL)\r\nf OK [EXPUNGEISSUED] gone\r\n"
+    run.upstream(upstream)
+    assert run.to_client().endswith(upstream)

@@ -127,3 +127,23 @@ def test_uid_fetch_watch_covers_uids_and_never_misses() -> None:
     watch = FetchWatch(b"t", request, largest=3)
     assert watch.covers(1, 150) and not watch.covers(1, 99) and not watch.covers(150, None)
     assert watch.missing() == []  # UIDs that are gone get no data: nothing to stub
+
+
+def test_vanished_with_known_uids_is_exact() -> None:
+    box = MailboxState()
+    box.exists_now(5)
+    for n in range(1, 6):
+        box.learn(n, n * 10)
+    box.vanished(parse_sequence_set(b"20,40:50", Side.UPSTREAM))
+    assert box.reliable and box.exists == 2  # 41..49 never existed: every UID was known
+    assert [box.uid(n) for n in (1, 2)] == [10, 30]
+
+
+def test_vanished_naming_unknown_uids_makes_the_numbers_unreliable() -> None:
+    box = MailboxState()
+    box.exists_now(5)
+    box.learn(1, 10)
+    box.vanished(parse_sequence_set(b"10,33", Side.UPSTREAM))
+    assert not box.reliable and box.exists == 3
+    box.select(b"INBOX")
+    assert box.reliable

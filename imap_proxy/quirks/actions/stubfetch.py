@@ -30,7 +30,10 @@ dropped, since a UID command answers a vanished UID with no data (RFC 9051 §6.4
 Untagged EXPUNGE arriving while a FETCH, STORE or SEARCH runs (§7.5.1 forbids it) is held
 and sent just before that command's tagged line: later commands by number then mean the
 same messages to the client and to the upstream. A NO to UID FETCH or UID STORE - or to
-UID COPY/MOVE of a single UID - that only says the messages are gone becomes OK.
+UID COPY/MOVE of a single UID - that only says the messages are gone becomes OK. With
+QRESYNC, a `* VANISHED` naming UIDs never learnt makes the numbers unknowable: FETCHes
+then pass untouched until the next SELECT. At most MAX_WATCHED_FETCHES commands in flight
+are followed (a pipelining client's further ones pass untouched).
 """
 
 from __future__ import annotations
@@ -42,9 +45,9 @@ from imap_proxy.quirks.actions.base import Action, LocalAnswer, Rewrite, TaggedO
 from imap_proxy.quirks.model import StubFetchAction
 from imap_proxy.session.mailbox import FetchWatch, MailboxState, fetch_first_line, looks_expunged
 from imap_proxy.wire.command import Command, command_set, parse_fetch
-from imap_proxy.wire.errors import ProtocolError
+from imap_proxy.wire.errors import ProtocolError, Side
 from imap_proxy.wire.fetchstub import stub_fetch
-from imap_proxy.wire.syntax import astring_bytes, encode_sequence_set
+from imap_proxy.wire.syntax import astring_bytes, encode_sequence_set, parse_sequence_set
 
 if TYPE_CHECKING:
     from imap_proxy.quirks.engine import SessionView
@@ -75,7 +78,7 @@ class StubFetch(Action):
         {"SELECT", "EXAMINE", "CLOSE", "UNSELECT", "FETCH", "STORE", "SEARCH", "UID FETCH"}
         | _UID_COMMANDS
     )
-    observes = frozenset({"FETCH", "EXISTS", "EXPUNGE"})
+    observes = frozenset({"FETCH", "EXISTS", "EXPUNGE", "VANISHED"})
     watches_tagged = True
 
     def __init__(self, rule_id: str, spec: StubFetchAction) -> None:
@@ -104,7 +107,7 @@ class StubFetch(Action):
                 request = parse_fetch(command)
             except ProtocolError:
                 return None  # the upstream answers BAD
-            if len(self._fetches) < MAX_WATCHED_FETCHES:  # a pipelining client: bounded
+            if self.mailbox.reliable and len(self._fetches) < MAX_WATCHED_FETCHES:
                 self._fetches[tag] = FetchWatch(tag, request, self.mailbox.exists)
         elif name in _NO_EXPUNGE_DURING and len(self._blocking) < MAX_WATCHED_FETCHES:
             self._blocking[tag] = name
@@ -129,6 +132,9 @@ class StubFetch(Action):
     def on_untagged_line(self, kind: str, line: bytes, whole: bool, view: SessionView) -> bool:
         if kind == "FETCH":
             return self._fetch_line(line, whole)
+        if kind == "VANISHED":
+            self._vanished_line(line)
+            return False
         number = _leading_number(line)
         if number is None:
             return False
@@ -143,6 +149,18 @@ class StubFetch(Action):
         for watch in self._fetches.values():
             watch.expunged(number)  # a UID FETCH's held lines: numbers above shift down
         return False
+
+    def _vanished_line(self, line: bytes) -> None:
+        words = line.rstrip(b"\r\n").split(b" ")
+        if len(words) != 3:  # `* VANISHED (EARLIER) uids`: not in the client's view
+            return
+        try:
+            uids = parse_sequence_set(words[2], Side.UPSTREAM)
+        except ProtocolError:
+            self.mailbox.reliable = False
+            return
+        self.mailbox.vanished(uids)
+        self._stubbed.clear()
 
     def _expunge_forbidden(self) -> bool:
         return bool(self._blocking) or any(not w.request.uid for w in self._fetches.values())
