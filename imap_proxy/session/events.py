@@ -117,6 +117,16 @@ class RuleApplied:
     action: str
 
 
+@dataclass(frozen=True, slots=True)
+class EmulationStubFetch:
+    """Stub FETCH responses stood in for `messages` messages another session expunged
+    (metrics: emulations_total{kind="stub_fetch", outcome="served"})."""
+
+    messages: int
+    kind: str = "stub_fetch"
+    outcome: str = "served"
+
+
 Action = SendToClient | SendToUpstream | StartClientTLS | StartUpstreamTLS | Close
 Observation = (
     UpstreamReady
@@ -127,5 +137,6 @@ Observation = (
     | PlaintextDiscarded
     | ClientIdentified
     | RuleApplied
+    | EmulationStubFetch
 )
 Event = Action | Observation

@@ -174,7 +174,10 @@ class RuleHooks:
         self, tag: bytes, name: str, line: bytes, lookup: list[bytes] | None = None
     ) -> tuple[TaggedOutcome | None, list[ev.Event]]:
         outcome, applied = self.rules.on_tagged(tag, name, line, lookup)
-        return outcome, self._record(applied)
+        events = self._record(applied)
+        if outcome is not None and outcome.stubs:
+            events.append(ev.EmulationStubFetch(outcome.stubs))
+        return outcome, events
 
     def drop_held(self) -> None:
         """A new mailbox is being selected: what was held describes the old one."""

@@ -109,6 +109,8 @@ def test_dovecot_nil_stubs_become_typed_stubs_with_uid_from_the_map() -> None:
     assert fetches(out)[1]["BODY[]"].value == b"hello"  # type: ignore[attr-defined]
     assert run.to_upstream() == b""  # the UID was known: nothing injected
     assert run.applied() == ["stub-fetch-expunged"]
+    served = [e for e in run.events if isinstance(e, ev.EmulationStubFetch)]
+    assert served == [ev.EmulationStubFetch(1)]  # counted in emulations_total
 
 
 def test_unknown_uids_are_looked_up_before_the_tagged_line() -> None:
@@ -388,3 +390,18 @@ def test_after_an_unaccountable_vanished_fetches_pass_untouched() -> None:
     upstream = b"* 2 FETCH (RFC822 NIL)\r\nf OK [EXPUNGEISSUED] gone\r\n"
     run.upstream(upstream)
     assert run.to_client().endswith(upstream)
+
+
+def test_served_stubs_count_in_the_emulations_metric() -> None:
+    from imap_proxy.observe.metrics import Metrics
+
+    metrics = Metrics()
+    run = Run(stub_rules(), uids=True)
+    run.client(b"f FETCH 2 (RFC822)\r\n")
+    run.upstream(b"* 2 FETCH (RFC822 NIL)\r\nf OK [EXPUNGEISSUED] gone\r\n")
+    for event in run.events:
+        metrics.observe(event)  # type: ignore[arg-type]
+    served = metrics.registry.get_sample_value(
+        "imap_proxy_emulations_total", {"kind": "stub_fetch", "outcome": "served"}
+    )
+    assert served == 1

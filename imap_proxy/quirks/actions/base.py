@@ -46,13 +46,15 @@ class TaggedOutcome:
     `bye` ends the session with `* BYE <bye>` instead of the tagged line. `lookup` asks the
     session first to fetch the UIDs of those message numbers (`FETCH <lookup> (UID)`) and
     then to call `on_tagged` again with the untagged lines of that command. `changed` is
-    False when the outcome only gives back lines the action had held."""
+    False when the outcome only gives back lines the action had held; `stubs` counts the
+    stub responses in `untagged` (for metrics)."""
 
     untagged: bytes = b""
     line: bytes | None = None
     bye: bytes | None = None
     lookup: bytes | None = None
     changed: bool = True
+    stubs: int = 0
 
 
 class Action:

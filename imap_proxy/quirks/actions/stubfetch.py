@@ -248,20 +248,20 @@ class StubFetch(Action):
         replacement = None
         if status != b"OK" or not text.upper().startswith(_CODE_EXPUNGEISSUED):
             replacement = watch.tag + b" " + _STUB_OK_TEXT + b"\r\n"
-        return self._release(real + stubs, replacement)
+        return self._release(real + stubs, replacement, stubs=len(numbers))
 
     def _key(self, number: int) -> tuple[str, int]:
         uid = self.mailbox.uid(number)
         return ("number", number) if uid is None else ("uid", uid)
 
     def _release(
-        self, untagged: bytes, line: bytes | None, *, changed: bool = True
+        self, untagged: bytes, line: bytes | None, *, changed: bool = True, stubs: int = 0
     ) -> TaggedOutcome | None:
         """The outcome, with the held EXPUNGEs after everything that uses old numbers."""
         untagged += self.mailbox.release_expunges()
         if not untagged and line is None and not changed:
             return None
-        return TaggedOutcome(untagged=untagged, line=line, changed=changed)
+        return TaggedOutcome(untagged=untagged, line=line, changed=changed, stubs=stubs)
 
     def _uid_fetch_done(self, watch: FetchWatch, line: bytes) -> TaggedOutcome | None:
         """Dovecot stubs a UID it is about to report expunged (`BODY[] NIL`, then the
