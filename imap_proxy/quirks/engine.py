@@ -13,7 +13,11 @@ changes, so a rule applies from the moment its match holds. The hooks are:
                               script of upstream commands (`actions.base.Emulate`);
 * `response_kinds`          - untagged kinds an action wants parsed (LIST, LSUB, …);
 * `on_response(resp)`       - rewrite an untagged response;
-* `holds()/releases_before()` - hold untagged data until a point it may be delivered.
+* `holds()/releases_before()` - hold untagged data until a point it may be delivered;
+* `observed_kinds` / `on_untagged_line(kind, line, whole)` - see the first line of an
+  untagged response (a one-line one may be kept back);
+* `watches_tagged` / `on_tagged(tag, name, line, lookup)` - act on a tagged completion
+  (the first action with an outcome decides it).
 
 Every hook that changes something returns the (rule id, action type) pairs applied, so
 the session can record them (logs, metrics).
@@ -26,6 +30,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from imap_proxy.quirks.actions import Action, Emulate, LocalAnswer, Rewrite, build_action
+from imap_proxy.quirks.actions.base import TaggedOutcome
 from imap_proxy.quirks.model import Match, Rule, RuleSet
 from imap_proxy.wire.command import Command
 from imap_proxy.wire.response import ListData, Response
@@ -106,6 +111,8 @@ class SessionRules:
         self.held_commands: frozenset[str] = frozenset()
         self.response_kinds: frozenset[str] = frozenset()
         self.watches_untagged = False
+        self.observed_kinds: frozenset[str] = frozenset()
+        self.watches_tagged = False
         self.refresh()
 
     @property
@@ -124,6 +131,9 @@ class SessionRules:
         self.response_kinds = frozenset(kind for a in active for kind in a.responses)
         # Untagged lines (every FETCH response) are looked at only when an action cares.
         self.watches_untagged = bool(self.response_kinds) or any(a.holds_untagged for a in active)
+        self.observed_kinds = frozenset(kind for a in active for kind in a.observes)
+        self.watches_untagged |= bool(self.observed_kinds)
+        self.watches_tagged = any(a.watches_tagged for a in active)
 
     def capabilities(self, caps: list[str]) -> tuple[list[str], list[Applied]]:
         applied: list[Applied] = []
@@ -168,3 +178,22 @@ class SessionRules:
 
     def releases_before(self, command: str) -> Sequence[Action]:
         return [action for action in self.active if action.releases_before(command)]
+
+    def on_untagged_line(self, kind: str, line: bytes, whole: bool) -> bool:
+        """Every observing action sees the line; True if one of them kept it back."""
+        kept = False
+        for action in self.active:
+            if kind in action.observes:
+                kept |= action.on_untagged_line(kind, line, whole and not kept, self.view)
+        return kept
+
+    def on_tagged(
+        self, tag: bytes, name: str, line: bytes, lookup: list[bytes] | None
+    ) -> tuple[TaggedOutcome | None, list[Applied]]:
+        for action in self.active:
+            if not action.watches_tagged:
+                continue
+            outcome = action.on_tagged(tag, name, line, self.view, lookup)
+            if outcome is not None:
+                return outcome, [(action.rule_id, action.kind)] if outcome.changed else []
+        return None, []

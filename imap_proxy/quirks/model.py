@@ -145,6 +145,31 @@ class MoveEmulationAction(_Strict):
     )
 
 
+class StubFetchAction(_Strict):
+    """Messages expunged by another session that this client still addresses: a FETCH by
+    sequence number gets type-correct stubs and OK (`policy: stub`, RFC 2180 §4.1.3) or a
+    plain NO (`policy: no`, §4.1.2); `on_repeat: bye` ends the session when the same
+    vanished message is fetched again before its EXPUNGE could be delivered (Gulbrandsen's
+    loop-breaker). UID FETCH/UID STORE (and UID COPY/MOVE of one UID) answered NO only
+    for vanished UIDs become OK (RFC 9051 §6.4.9)."""
+
+    type: Literal["stub_fetch"]
+    policy: Literal["stub", "no"] = "stub"
+    on_repeat: Literal["same", "bye"] = "same"
+    uid_vanished_ok: bool = True
+    vanished_text: str = Field(
+        default=(
+            r"(?i)\bexpunged\b"
+            r"|\b(messages?|uids?)\b.*\b(no longer|vanished|(do|does)(n't| not) exist)"
+        ),
+        description="regex on the text of a tagged NO without response code that means "
+        "'those messages are gone' ([EXPUNGEISSUED] always does; a text naming a mailbox, "
+        "folder, quota, permission or error never does)",
+    )
+
+    _regex = field_validator("vanished_text")(_check_regex)
+
+
 ActionSpec = Annotated[
     CapabilitiesAction
     | AnswerIdAction
@@ -152,7 +177,8 @@ ActionSpec = Annotated[
     | LsubNoselectAction
     | LsubSpecialUseAction
     | HoldUntaggedAction
-    | MoveEmulationAction,
+    | MoveEmulationAction
+    | StubFetchAction,
     Field(discriminator="type"),
 ]
 

@@ -129,6 +129,16 @@ class EmulationFinished:
     outcome: str
 
 
+@dataclass(frozen=True, slots=True)
+class EmulationStubFetch:
+    """Stub FETCH responses stood in for `messages` messages another session expunged
+    (metrics: emulations_total{kind="stub_fetch", outcome="served"})."""
+
+    messages: int
+    kind: str = "stub_fetch"
+    outcome: str = "served"
+
+
 Action = SendToClient | SendToUpstream | StartClientTLS | StartUpstreamTLS | Close
 Observation = (
     UpstreamReady
@@ -140,5 +150,6 @@ Observation = (
     | ClientIdentified
     | RuleApplied
     | EmulationFinished
+    | EmulationStubFetch
 )
 Event = Action | Observation

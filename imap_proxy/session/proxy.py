@@ -40,6 +40,7 @@ upstream is lost mid-script the client gets `* BYE` and the session ends.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -63,6 +64,7 @@ from imap_proxy.wire.encode import encode_command
 from imap_proxy.wire.errors import ProtocolError, Side
 from imap_proxy.wire.framer import NEED_DATA, FrameEvent, Framer, LinePart, LiteralData
 from imap_proxy.wire.message import Message
+from imap_proxy.wire.syntax import parse_sequence_set
 
 
 class _Phase(enum.Enum):
@@ -455,6 +457,10 @@ class ProxySession:
             released = self.hooks.release_before_untagged(kind)
             if released:
                 self._out.append(ev.SendToClient(released))
+            if self.hooks.observes(kind) and self.hooks.observe_untagged(
+                kind, line, part.literal is None
+            ):
+                return  # a rule keeps this one-line response for the tagged completion
             if self.hooks.wants_response(kind):
                 if part.literal is not None:
                     self._hold_response(part)
@@ -544,6 +550,9 @@ class ProxySession:
         released = self.hooks.release_before_completion(command.name)
         if released:
             self._out.append(ev.SendToClient(released))
+        if self.hooks.rules.watches_tagged and not logged_in:
+            self._tagged_by_rules(command, part, line, None)
+            return
         self._relay_line(part, line)
         self._out.append(
             ev.CommandCompleted(command.tag.decode("ascii", "replace"), command.name, status)
@@ -557,6 +566,57 @@ class ProxySession:
                 self.hooks.view.authenticated = False
         self._start_emulation_when_quiet()
         self._drain_if_quiet()
+
+    def _tagged_by_rules(
+        self, command: InFlight, part: LinePart, line: bytes, lookup: list[bytes] | None
+    ) -> None:
+        """A client command's completion, after the rules' `on_tagged` (stub FETCH)."""
+        outcome, applied = self.hooks.on_tagged(command.tag, command.name, line, lookup)
+        self._out += applied
+        if outcome is not None and outcome.lookup is not None and lookup is None:
+            if self._tracker.client_commands() == 0:
+                # Learn the UIDs first; nothing else of the client's is in flight, so the
+                # numbers mean what they meant for the command that just ended.
+                numbers = outcome.lookup
+                self._inject(
+                    b"FETCH " + numbers + b" (UID)",
+                    "FETCH",
+                    lambda _done, untagged: self._uids_looked_up(
+                        command, part, line, numbers, untagged
+                    ),
+                )
+                return
+            outcome, applied = self.hooks.on_tagged(command.tag, command.name, line, [])
+            self._out += applied
+        if outcome is not None:
+            if outcome.untagged:
+                self._out.append(ev.SendToClient(outcome.untagged))
+            if outcome.bye is not None:
+                self._bye(outcome.bye, "rule-bye")
+                return
+            line = outcome.line if outcome.line is not None else line
+        self._relay_line(part, line)
+        status = _status_of(line).decode("ascii", "replace")
+        self._out.append(
+            ev.CommandCompleted(command.tag.decode("ascii", "replace"), command.name, status)
+        )
+        self._start_emulation_when_quiet()
+        self._drain_if_quiet()
+
+    def _uids_looked_up(
+        self, command: InFlight, part: LinePart, line: bytes, numbers: bytes, untagged: list[bytes]
+    ) -> None:
+        """The lookup's FETCH lines for those numbers go to the rule; anything else the
+        upstream sent meanwhile (EXISTS, flag changes of other messages) to the client."""
+        looked_up = parse_sequence_set(numbers, Side.CLIENT)
+        answers: list[bytes] = []
+        for data in untagged:
+            found = _FETCH_NUMBER.match(data)
+            if found is not None and looked_up.contains(int(found.group(1)), 0):
+                answers.append(data)
+            else:
+                self._out.append(ev.SendToClient(data))
+        self._tagged_by_rules(command, part, line, answers)
 
     def _command_ended_early(self) -> None:
         """The upstream answered a command that was still waiting for its `+`."""
@@ -894,8 +954,8 @@ class ProxySession:
         message = msg.message()
         try:
             command = parse_command(message)
-        except ProtocolError:
-            self._answer(msg.tag, msg.name, b"BAD Invalid arguments")
+        except ProtocolError as error:
+            self._answer(msg.tag, msg.name, b"BAD Invalid arguments: " + _printable(error.text))
             return
         authenticated = self.state is not ProtocolState.NOT_AUTHENTICATED
         if msg.name == "ID":
@@ -1008,6 +1068,14 @@ class ProxySession:
 def _size(part: LinePart) -> int:
     """Octets a line and the literal it announces add to a message."""
     return len(part.raw) + (part.literal.size if part.literal is not None else 0)
+
+
+_FETCH_NUMBER = re.compile(rb"\* (\d{1,10}) FETCH ")
+
+
+def _printable(text: str) -> bytes:
+    """A parser's message, safe inside a response line."""
+    return bytes(c if 0x20 <= c < 0x7F else 0x3F for c in text.encode("ascii", "replace")[:200])
 
 
 def _status_of(line: bytes) -> bytes:

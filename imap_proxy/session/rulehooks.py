@@ -16,6 +16,7 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from imap_proxy.quirks.actions import Emulate, LocalAnswer
+from imap_proxy.quirks.actions.base import TaggedOutcome
 from imap_proxy.quirks.engine import Applied, SessionRules, SessionView
 from imap_proxy.session import events as ev
 from imap_proxy.session.settings import SessionSettings
@@ -164,6 +165,22 @@ class RuleHooks:
         out = b"".join(self._held.values())
         self._held.clear()
         return out
+
+    def observes(self, kind: str) -> bool:
+        return kind in self.rules.observed_kinds
+
+    def observe_untagged(self, kind: str, line: bytes, whole: bool) -> bool:
+        """Show a rule the first line of an untagged response; True if it kept it back."""
+        return self.rules.on_untagged_line(kind, line, whole)
+
+    def on_tagged(
+        self, tag: bytes, name: str, line: bytes, lookup: list[bytes] | None = None
+    ) -> tuple[TaggedOutcome | None, list[ev.Event]]:
+        outcome, applied = self.rules.on_tagged(tag, name, line, lookup)
+        events = self._record(applied)
+        if outcome is not None and outcome.stubs:
+            events.append(ev.EmulationStubFetch(outcome.stubs))
+        return outcome, events
 
     def drop_held(self) -> None:
         """A new mailbox is being selected: what was held describes the old one."""

@@ -21,7 +21,14 @@ from typing import Final
 from imap_proxy.wire.errors import ParseError, Side
 from imap_proxy.wire.lexer import DEFAULT_MAX_DEPTH, Lexer
 from imap_proxy.wire.message import Message
-from imap_proxy.wire.syntax import ParenList, Value, id_params
+from imap_proxy.wire.syntax import (
+    Atom,
+    ParenList,
+    SequenceSet,
+    Value,
+    id_params,
+    parse_sequence_set,
+)
 
 _ALL_OCTETS: Final = bytes(range(256))
 # RFC 3501: tag = 1*<any ASTRING-CHAR except "+">; ASTRING-CHAR = ATOM-CHAR / "]".
@@ -161,3 +168,72 @@ def parse_id_params(cmd: Command) -> list[tuple[bytes, bytes | None]] | None:
     if len(cmd.args) != 1:
         raise ParseError(Side.CLIENT, "ID takes one argument")
     return id_params(cmd.args[0], Side.CLIENT)
+
+
+# --- FETCH ------------------------------------------------------------------------------
+
+# RFC 9051 §6.4.5 macros, expanded as the RFC defines them.
+FETCH_MACROS: Final[dict[bytes, tuple[bytes, ...]]] = {
+    b"ALL": (b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE"),
+    b"FAST": (b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE"),
+    b"FULL": (b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODY"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRequest:
+    """`FETCH 1:3 (UID BODY.PEEK[]<0.100>)`: the set (message numbers, or UIDs for UID
+    FETCH), the items as sent (macros expanded, names uppercased outside the brackets)
+    and whether the command was UID FETCH."""
+
+    messages: SequenceSet
+    items: tuple[bytes, ...]
+    uid: bool
+    modifiers: tuple[bytes, ...] = ()  # RFC 4466 fetch modifiers: CHANGEDSINCE, VANISHED
+
+
+def _item_name(atom: bytes) -> bytes:
+    open_at = atom.find(b"[")
+    if open_at < 0:
+        return atom.upper()
+    return atom[:open_at].upper() + atom[open_at:]
+
+
+def parse_fetch(cmd: Command) -> FetchRequest:
+    """The set and items of FETCH / UID FETCH; ParseError if the arguments are not those."""
+    if cmd.name not in ("FETCH", "UID FETCH"):
+        raise ParseError(Side.CLIENT, f"{cmd.name} is not FETCH")
+    if len(cmd.args) < 2 or not isinstance(cmd.args[0], Atom):
+        raise ParseError(Side.CLIENT, "FETCH takes a sequence set and items")
+    messages = parse_sequence_set(cmd.args[0].value, Side.CLIENT)
+    spec = cmd.args[1]
+    raw: tuple[Value, ...] = spec.items if isinstance(spec, ParenList) else (spec,)
+    items: list[bytes] = []
+    for value in raw:
+        if not isinstance(value, Atom):
+            raise ParseError(Side.CLIENT, "FETCH items must be atoms")
+        name = _item_name(value.value)
+        items.extend(
+            FETCH_MACROS.get(name, (name,)) if not isinstance(spec, ParenList) else (name,)
+        )
+    if not items:
+        raise ParseError(Side.CLIENT, "FETCH needs at least one item")
+    modifiers: list[bytes] = []
+    for extra in cmd.args[2:]:
+        if not isinstance(extra, ParenList):
+            raise ParseError(Side.CLIENT, "FETCH modifiers must be a list")
+        modifiers += [
+            v.value.upper() for v in extra.items if isinstance(v, Atom) and not v.value.isdigit()
+        ]
+    return FetchRequest(messages, tuple(items), cmd.uid, tuple(modifiers))
+
+
+def command_set(cmd: Command) -> SequenceSet | None:
+    """The sequence set a message command (FETCH, STORE, COPY, MOVE and their UID forms)
+    starts with; None when the first argument is not one."""
+    if not cmd.args or not isinstance(cmd.args[0], Atom):
+        return None
+    try:
+        return parse_sequence_set(cmd.args[0].value, Side.CLIENT)
+    except ParseError:
+        return None

@@ -164,3 +164,76 @@ def id_params(value: Value, side: Side) -> list[tuple[bytes, bytes | None]] | No
             raise ParseError(side, "an ID value must be a known string or NIL")
         params.append((name, content))
     return params
+
+
+# --- sequence sets (RFC 9051 sequence-set) ---------------------------------------------
+
+STAR = 0  # `*` in a sequence set: the largest number in use; numbers start at 1
+MAX_SET_RANGES = 10_000  # a client's set may be long, but not unbounded
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceSet:
+    """`1:5,7,9:*` as ranges (low, high) with `STAR` for `*`; ranges keep their order and
+    are normalised so that low <= high unless one of them is `*`."""
+
+    ranges: tuple[tuple[int, int], ...]
+
+    def bounds(self, largest: int) -> list[tuple[int, int]]:
+        """The ranges with `*` read as `largest`, each ordered (low, high)."""
+        out = []
+        for low, high in self.ranges:
+            first = largest if low == STAR else low
+            last = largest if high == STAR else high
+            out.append((min(first, last), max(first, last)))
+        return out
+
+    def contains(self, number: int, largest: int) -> bool:
+        return any(low <= number <= high for low, high in self.bounds(largest))
+
+    def members(self, largest: int) -> list[int]:
+        """Every number of the set up to `largest`, ascending and without repeats."""
+        found: set[int] = set()
+        for low, high in self.bounds(largest):
+            found.update(range(max(low, 1), min(high, largest) + 1))
+        return sorted(found)
+
+
+def _set_number(data: bytes, side: Side) -> int:
+    if data == b"*":
+        return STAR
+    number = parse_number(data, side)
+    if number == 0:
+        raise ParseError(side, "0 is not a message number")
+    return number
+
+
+def parse_sequence_set(data: bytes, side: Side) -> SequenceSet:
+    """A sequence set (`1:5,7,*`); ParseError for anything else (`$` included: SEARCHRES
+    references a saved result the proxy cannot resolve)."""
+    parts = data.split(b",")
+    if len(parts) > MAX_SET_RANGES:
+        raise ParseError(side, "sequence set too long")
+    ranges = []
+    for part in parts:
+        low, colon, high = part.partition(b":")
+        first = _set_number(low, side)
+        last = _set_number(high, side) if colon else first
+        if STAR not in (first, last) and first > last:
+            first, last = last, first
+        ranges.append((first, last))
+    return SequenceSet(tuple(ranges))
+
+
+def encode_sequence_set(numbers: list[int]) -> bytes:
+    """Ascending numbers as a compact set: [1, 2, 3, 7] -> b"1:3,7"."""
+    parts: list[bytes] = []
+    index = 0
+    while index < len(numbers):
+        start = end = numbers[index]
+        while index + 1 < len(numbers) and numbers[index + 1] == end + 1:
+            index += 1
+            end = numbers[index]
+        parts.append(b"%d" % start if start == end else b"%d:%d" % (start, end))
+        index += 1
+    return b",".join(parts)

@@ -126,12 +126,24 @@ def test_limits_are_answered_with_bye(
     [
         (b"a APPEND INBOX {-5}\r\n", b"a BAD Invalid literal size\r\n"),
         (b"a APPEND INBOX {5x}\r\n", b"a BAD Invalid literal size\r\n"),
-        (b"a SELECT IN\x00BOX\r\n", b"a BAD Invalid characters in atom\r\n"),
+        (b"a SELECT IN\x00BOX\r\n", b"a BAD Invalid arguments: octet 0x00 inside line 1\r\n"),
         (b"a SELECT \xff\xfe\r\n", b"a BAD 8bit data in atom\r\n"),
-        (b'a SELECT "INBOX\r\n', b"a BAD Missing '\"'\r\n"),
-        (b"a FETCH 1 " + b"(" * 400 + b")" * 400 + b"\r\n", b"a BAD Too many '('\r\n"),
-        (b"a ID " + b"(" * 100 + b")" * 100 + b"\r\n", b"a BAD Invalid arguments\r\n"),  # proxy
-        (b'a ID ("name" "x" "name" ' + b'"' * 3 + b")\r\n", b"a BAD Invalid arguments\r\n"),
+        (
+            b'a SELECT "INBOX\r\n',
+            b"a BAD Invalid arguments: unterminated quoted string (line 1, offset 10)\r\n",
+        ),
+        (
+            b"a FETCH 1 " + b"(" * 400 + b")" * 400 + b"\r\n",
+            b"a BAD Invalid arguments: lists nested deeper than 64\r\n",
+        ),
+        (
+            b"a ID " + b"(" * 100 + b")" * 100 + b"\r\n",
+            b"a BAD Invalid arguments: lists nested deeper than 64\r\n",
+        ),
+        (
+            b'a ID ("name" "x" "name" ' + b'"' * 3 + b")\r\n",
+            b"a BAD Invalid arguments: unterminated quoted string (line 1, offset 27)\r\n",
+        ),
         (b"a SELECT INBOX\r\n", b"a BAD Error in IMAP command received by server.\r\n"),
         (b"a STARTTLS\r\n", b"a BAD STARTTLS is not available on this connection\r\n"),
     ],

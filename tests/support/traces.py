@@ -8,13 +8,15 @@ a line, in the transcript format of `transcript.py` restricted to what a client 
     X: append INBOX                  set-up done directly on Dovecot at that point:
                                      `append MAILBOX`, `subscribe MAILBOX`,
                                      `stale-subscription NAME` (NAME.Child exists,
-                                     NAME is subscribed but only a \\Noselect parent)
+                                     NAME is subscribed but only a \\Noselect parent),
+                                     `expunge-elsewhere SET` (a second session selects
+                                     INBOX and expunges those message numbers)
     E: <regex>                       the client-visible bytes must match it when the
                                      trace's rule fires
     # …                              a comment
 
 `run_trace()` opens a raw connection, sends each command, waits for its tagged answer
-(`+` for IDLE), and returns every byte the client received.
+(`+` for IDLE; a `* BYE` ends the trace), and returns every byte the client received.
 """
 
 from __future__ import annotations
@@ -80,6 +82,14 @@ def _setup(step: str, upstream: DovecotInstance, user: MailUser) -> None:
             # subscribe a name that does not exist, so the file is written as it was.
             subscriptions = upstream.mail_root / user.name / "Maildir" / "subscriptions"
             subscriptions.write_bytes(subscriptions.read_bytes() + argument.encode() + b"\n")
+    elif verb == "expunge-elsewhere":
+        direct = upstream.imap(user.name)
+        try:
+            direct.select("INBOX")
+            direct.store(argument, "+FLAGS.SILENT", "(\\Deleted)")
+            direct.expunge()
+        finally:
+            direct.logout()
     else:
         raise ValueError(f"unknown trace set-up {step!r}")
 
@@ -100,6 +110,8 @@ def run_trace(
             while True:
                 answer = raw.read_line()
                 received += answer
+                if answer.startswith(b"* BYE "):
+                    return received
                 if answer.startswith(tag + b" ") or (idle and answer.startswith(b"+")):
                     break
         return received

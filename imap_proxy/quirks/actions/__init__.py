@@ -26,6 +26,7 @@ from imap_proxy.quirks.actions.mailboxes import (
     StripTrailingSeparator,
 )
 from imap_proxy.quirks.actions.move import EmulateMove
+from imap_proxy.quirks.actions.stubfetch import StubFetch
 from imap_proxy.quirks.actions.untagged import HoldUntagged
 from imap_proxy.quirks.model import (
     ActionSpec,
@@ -36,6 +37,7 @@ from imap_proxy.quirks.model import (
     LsubSpecialUseAction,
     MoveEmulationAction,
     StripTrailingSeparatorAction,
+    StubFetchAction,
 )
 
 __all__ = [
@@ -67,4 +69,6 @@ def build_action(rule_id: str, spec: ActionSpec) -> Action:
             return HoldUntagged(rule_id, spec)
         case MoveEmulationAction():
             return EmulateMove(rule_id, spec)
+        case StubFetchAction():
+            return StubFetch(rule_id, spec)
     raise TypeError(f"no implementation for action {spec!r}")  # pragma: no cover

@@ -13,6 +13,12 @@ status and line, and the one-line untagged responses that arrived while it ran),
 finally returns an `EmulationAnswer`: the untagged bytes the client gets (the script
 decides which of the untagged lines it saw are passed on; unrelated ones should be), the
 tagged status text, and an outcome label for the `EmulationFinished` observation.
+
+Two hooks watch what streams through without holding it: `on_untagged_line` sees the
+first line of each untagged response of the kinds in `observes` (never a literal: FETCH
+bodies stream on) and may keep a whole one-line response back; `on_tagged` sees the
+tagged completion of each client command (when `watches_tagged`) and returns a
+`TaggedOutcome`: lines to send before it, a replacement for it, or a BYE instead.
 """
 
 from __future__ import annotations
@@ -86,11 +92,31 @@ class Emulate:
     kind: str  # what is emulated, a bounded label ("move")
 
 
+@dataclass(frozen=True, slots=True)
+class TaggedOutcome:
+    """What an action makes of a tagged completion. `untagged` (CRLF included) goes to
+    the client before the tagged line; `line` replaces the tagged line (None: as it came);
+    `bye` ends the session with `* BYE <bye>` instead of the tagged line. `lookup` asks the
+    session first to fetch the UIDs of those message numbers (`FETCH <lookup> (UID)`) and
+    then to call `on_tagged` again with the untagged lines of that command. `changed` is
+    False when the outcome only gives back lines the action had held; `stubs` counts the
+    stub responses in `untagged` (for metrics)."""
+
+    untagged: bytes = b""
+    line: bytes | None = None
+    bye: bytes | None = None
+    lookup: bytes | None = None
+    changed: bool = True
+    stubs: int = 0
+
+
 class Action:
     kind: ClassVar[str] = "action"
     commands: frozenset[str] = frozenset()
     responses: frozenset[str] = frozenset()
     holds_untagged: ClassVar[bool] = False  # overrides holds()/releases_before()
+    observes: frozenset[str] = frozenset()  # untagged kinds whose first line it sees
+    watches_tagged: ClassVar[bool] = False  # overrides on_tagged()
 
     def __init__(self, rule_id: str) -> None:
         self.rule_id = rule_id
@@ -111,3 +137,13 @@ class Action:
 
     def releases_before(self, command: str) -> bool:
         return False
+
+    def on_untagged_line(self, kind: str, line: bytes, whole: bool, view: SessionView) -> bool:
+        """The first line of an untagged response; True keeps it back (only when `whole`:
+        a one-line response no other action kept). The action then owns the line."""
+        return False
+
+    def on_tagged(
+        self, tag: bytes, name: str, line: bytes, view: SessionView, lookup: list[bytes] | None
+    ) -> TaggedOutcome | None:
+        return None

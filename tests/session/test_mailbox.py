@@ -1,0 +1,149 @@
+"""The selected-mailbox state: counts, the number -> UID map, held EXPUNGEs, FETCH watches."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from imap_proxy.session.mailbox import FetchWatch, MailboxState, fetch_first_line, looks_expunged
+from imap_proxy.wire.command import FetchRequest
+from imap_proxy.wire.errors import Side
+from imap_proxy.wire.syntax import parse_sequence_set
+
+
+def test_exists_expunge_and_uids_shift_like_the_client_sees_them() -> None:
+    box = MailboxState()
+    box.select(b"INBOX")
+    box.exists_now(4)
+    for number, uid in ((1, 10), (2, 20), (3, 30), (4, 40)):
+        box.learn(number, uid)
+    box.expunged(2)
+    assert box.exists == 3
+    assert [box.uid(n) for n in (1, 2, 3)] == [10, 30, 40]
+    box.exists_now(5)
+    assert box.uid(4) is None and box.uid(5) is None  # arrived, UID not learnt yet
+    assert box.uid(0) is None and box.uid(99) is None
+    box.select(b"Other")
+    assert box.exists == 0 and box.uid(1) is None
+
+
+def test_a_fetch_naming_a_message_beyond_the_count_extends_it() -> None:
+    box = MailboxState()
+    box.learn(3, 33)
+    assert box.exists == 3 and box.uid(3) == 33
+    box.learn(2, None)  # no UID: nothing to learn
+    assert box.uid(2) is None
+
+
+def test_held_expunges_are_released_in_order_and_applied() -> None:
+    box = MailboxState()
+    box.exists_now(5)
+    for n in range(1, 6):
+        box.learn(n, n * 100)
+    assert box.hold_expunge(b"* 4 EXPUNGE\r\n") and box.hold_expunge(b"* 2 EXPUNGE\r\n")
+    assert box.exists == 5  # the client has not been told yet
+    assert box.release_expunges() == b"* 4 EXPUNGE\r\n* 2 EXPUNGE\r\n"
+    assert [box.uid(n) for n in range(1, 4)] == [100, 300, 500]
+    assert box.release_expunges() == b""
+    assert box.expunges_delivered == 2
+
+
+@given(st.lists(st.integers(1, 30), max_size=30))
+def test_map_matches_a_plain_list_model(expunges: list[int]) -> None:
+    box = MailboxState()
+    box.exists_now(30)
+    model = list(range(1000, 1030))
+    for n, uid in enumerate(model, start=1):
+        box.learn(n, uid)
+    for number in expunges:
+        box.expunged(number)
+        if number <= len(model):
+            del model[number - 1]
+    assert box.exists == len(model)
+    assert [box.uid(n) for n in range(1, len(model) + 1)] == model
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b"* 12 FETCH (UID 120 FLAGS (\\Seen))\r\n", (12, 120)),
+        (b"* 3 FETCH (FLAGS (\\Seen) UID 7)\r\n", (3, 7)),
+        (b"* 3 FETCH (FLAGS (\\Seen))\r\n", (3, None)),
+        (b"* 4 FETCH (UID 9 BODY[] {15}\r\n", (4, 9)),
+        (b"* 4 FETCH (BODY[] {15}\r\n", (4, None)),  # UID after the literal: not seen
+        # a subject reading "UID 5" is not the UID item
+        (b'* 5 FETCH (ENVELOPE ("d" "re: UID 5 " NIL) UID 8)\r\n', (5, None)),
+        (b"* 5 EXPUNGE\r\n", None),
+        (b"* OK fine\r\n", None),
+    ],
+)
+def test_fetch_first_line(line: bytes, expected: tuple[int, int | None] | None) -> None:
+    assert fetch_first_line(line) == expected
+
+
+@pytest.mark.parametrize(
+    ("line", "stub"),
+    [
+        (b"* 2 FETCH (RFC822.SIZE 0 BODY[] NIL)\r\n", True),  # Dovecot 2.3
+        (b"* 2 FETCH (BODY[HEADER.FIELDS (SUBJECT)] NIL BODY[]<0> NIL)\r\n", True),
+        (b"* 2 FETCH (BINARY[1] NIL)\r\n", True),
+        (b"* 2 FETCH (RFC822.HEADER NIL)\r\n", True),
+        (b"* 2 FETCH (ENVELOPE (NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL))\r\n", True),
+        (b'* 2 FETCH (INTERNALDATE "01-Jan-1970 00:00:00 +0000")\r\n', True),
+        (b"* 2 FETCH (RFC822.SIZE 0)\r\n", True),
+        (b"* 2 FETCH (FLAGS (\\Deleted \\Recent))\r\n", False),
+        (b"* 2 FETCH (RFC822.SIZE 120 BODY[] {120}\r\n", False),
+        (b'* 2 FETCH (ENVELOPE ("Mon" NIL NIL NIL NIL NIL NIL NIL NIL NIL))\r\n', False),
+        (b"* 2 FETCH (FLAGS (NIL\r\n", False),  # not a response at all
+        (b"* 2 EXPUNGE\r\n", False),
+    ],
+)
+def test_looks_expunged(line: bytes, stub: bool) -> None:
+    assert looks_expunged(line) is stub
+
+
+def test_fetch_watch_finds_requested_numbers_without_answers() -> None:
+    request = FetchRequest(parse_sequence_set(b"2:*", Side.CLIENT), (b"FLAGS",), uid=False)
+    watch = FetchWatch(b"t", request, largest=10)
+    for number in (2, 3, 5, 8, 9, 10, 11):  # 11: beyond the count, ignored
+        watch.saw(number)
+    assert watch.missing() == [4, 6, 7]
+    assert watch.was_answered(8) and not watch.was_answered(1)
+
+
+def test_fetch_watch_with_overlapping_ranges_and_star() -> None:
+    request = FetchRequest(parse_sequence_set(b"5:*,1:3,2:4", Side.CLIENT), (b"UID",), uid=False)
+    watch = FetchWatch(b"t", request, largest=6)
+    assert watch.missing() == [1, 2, 3, 4, 5, 6]
+    for number in (1, 1, 2, 4, 6):  # a repeated response counts once
+        watch.saw(number)
+    assert watch.missing() == [3, 5]
+    assert watch.covers(6, None) and not watch.covers(7, None)
+
+
+def test_uid_fetch_watch_covers_uids_and_never_misses() -> None:
+    request = FetchRequest(parse_sequence_set(b"100:200", Side.CLIENT), (b"FLAGS",), uid=True)
+    watch = FetchWatch(b"t", request, largest=3)
+    assert watch.covers(1, 150) and not watch.covers(1, 99) and not watch.covers(150, None)
+    assert watch.missing() == []  # UIDs that are gone get no data: nothing to stub
+
+
+def test_vanished_with_known_uids_is_exact() -> None:
+    box = MailboxState()
+    box.exists_now(5)
+    for n in range(1, 6):
+        box.learn(n, n * 10)
+    box.vanished(parse_sequence_set(b"20,40:50", Side.UPSTREAM))
+    assert box.reliable and box.exists == 2  # 41..49 never existed: every UID was known
+    assert [box.uid(n) for n in (1, 2)] == [10, 30]
+
+
+def test_vanished_naming_unknown_uids_makes_the_numbers_unreliable() -> None:
+    box = MailboxState()
+    box.exists_now(5)
+    box.learn(1, 10)
+    box.vanished(parse_sequence_set(b"10,33", Side.UPSTREAM))
+    assert not box.reliable and box.exists == 3
+    box.select(b"INBOX")
+    assert box.reliable
