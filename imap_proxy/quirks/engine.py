@@ -11,7 +11,9 @@ changes, so a rule applies from the moment its match holds. The hooks are:
 * `held_commands`           - verbs an action wants to see whole (the session holds them);
 * `on_command(cmd)`         - rewrite a command, or answer it locally;
 * `response_kinds`          - untagged kinds an action wants parsed (LIST, LSUB, …);
-* `on_response(resp)`       - rewrite an untagged response;
+* `on_response(resp)`       - rewrite an untagged response, or drop it (None);
+* `head_commands`           - verbs an action wants up to their first argument (APPEND);
+* `wants_mailbox_list(cmd)` - the session should learn the mailbox list first;
 * `holds()/releases_before()` - hold untagged data until a point it may be delivered.
 
 Every hook that changes something returns the (rule id, action type) pairs applied, so
@@ -21,16 +23,20 @@ the session can record them (logs, metrics).
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
-from imap_proxy.quirks.actions import Action, LocalAnswer, Rewrite, build_action
+from imap_proxy.quirks.actions import Action, Drop, LocalAnswer, Rewrite, build_action
 from imap_proxy.quirks.model import Match, Rule, RuleSet
 from imap_proxy.wire.command import Command
 from imap_proxy.wire.response import ListData, Response
 
 Applied = tuple[str, str]  # (rule id, action type)
 MAILBOX_CACHE_LIMIT = 10_000
+
+
+def _no_commands() -> list[tuple[bytes, str]]:
+    return []
 
 
 @dataclass
@@ -41,11 +47,18 @@ class SessionView:
     family: str = "unknown"
     confidence: float = 0.0
     first_tag: bytes | None = None
+    authenticated: bool = False  # capabilities before login are often a trimmed list
     id_params: list[tuple[bytes, bytes | None]] | None = None
     upstream_capabilities: list[str] = field(default_factory=list)
     greeting: bytes = b""
     delimiter: bytes | None = None
     mailbox_attributes: dict[bytes, frozenset[str]] = field(default_factory=dict)
+    mailbox_version: int = 0  # counts learn_list() calls: a cheap cache key for actions
+    # The client's commands in flight, oldest first, as (tag, verb): set by the session,
+    # so an action can tell which command an untagged response answers.
+    client_commands: Callable[[], list[tuple[bytes, str]]] = field(
+        default_factory=lambda: _no_commands
+    )
 
     def has_upstream(self, capability: str) -> bool:
         wanted = capability.upper()
@@ -55,6 +68,7 @@ class SessionView:
         """Remember a LIST line: the delimiter and the mailbox's attributes."""
         if data.kind not in ("LIST", "XLIST"):
             return
+        self.mailbox_version += 1
         if data.delimiter is not None:
             self.delimiter = data.delimiter
         if len(self.mailbox_attributes) < MAILBOX_CACHE_LIMIT or (
@@ -102,6 +116,7 @@ class SessionRules:
         self._built: dict[str, list[Action]] = {}
         self.active: list[Action] = []
         self.held_commands: frozenset[str] = frozenset()
+        self.head_commands: frozenset[str] = frozenset()
         self.response_kinds: frozenset[str] = frozenset()
         self.watches_untagged = False
         self.refresh()
@@ -119,11 +134,10 @@ class SessionRules:
                 active += self._built[rule.id]
         self.active = active
         self.held_commands = frozenset(name for a in active for name in a.commands)
+        self.head_commands = frozenset(name for a in active for name in a.head_commands)
         self.response_kinds = frozenset(kind for a in active for kind in a.responses)
         # Untagged lines (every FETCH response) are looked at only when an action cares.
-        self.watches_untagged = bool(self.response_kinds) or any(
-            a.holds_untagged for a in active
-        )
+        self.watches_untagged = bool(self.response_kinds) or any(a.holds_untagged for a in active)
 
     def capabilities(self, caps: list[str]) -> tuple[list[str], list[Applied]]:
         applied: list[Applied] = []
@@ -138,7 +152,7 @@ class SessionRules:
         """The command to send (maybe rewritten), or a local answer; and what applied."""
         applied: list[Applied] = []
         for action in self.active:
-            if command.name not in action.commands:
+            if command.name not in action.commands and command.name not in action.head_commands:
                 continue
             outcome = action.on_command(command, self.view)
             if isinstance(outcome, LocalAnswer):
@@ -148,16 +162,31 @@ class SessionRules:
                 applied.append((action.rule_id, action.kind))
         return command, applied
 
-    def on_response(self, response: Response) -> tuple[Response, list[Applied]]:
+    def on_response(self, response: Response) -> tuple[Response | None, list[Applied]]:
+        """The response to relay (maybe rewritten), None if an action dropped it."""
         if isinstance(response, ListData):
             self.view.learn_list(response)
         applied: list[Applied] = []
         for action in self.active:
             changed = action.on_response(response, self.view)
+            if isinstance(changed, Drop):
+                return None, [*applied, (action.rule_id, action.kind)]
             if changed is not None and changed != response:
                 response = changed
                 applied.append((action.rule_id, action.kind))
         return response, applied
+
+    def wants_mailbox_list(self, command: Command) -> bool:
+        return any(
+            action.wants_mailbox_list(command, self.view)
+            for action in self.active
+            if command.name in action.commands or command.name in action.head_commands
+        )
+
+    def learn(self, response: Response) -> None:
+        """A response to the proxy's own LIST: remembered, never shown to the client."""
+        if isinstance(response, ListData):
+            self.view.learn_list(response)
 
     def holding_action(self, kind: str, running: Collection[str]) -> Action | None:
         for action in self.active:

@@ -9,8 +9,9 @@ Adding an action type means a model in `quirks.model` and a class registered her
 
 from __future__ import annotations
 
-from imap_proxy.quirks.actions.base import Action, LocalAnswer, Rewrite
+from imap_proxy.quirks.actions.base import DROP, Action, Drop, LocalAnswer, Rewrite
 from imap_proxy.quirks.actions.capabilities import AnswerId, ShapeCapabilities
+from imap_proxy.quirks.actions.folders import MapSpecialFolders, SynthesizeSpecialUse, Xlist
 from imap_proxy.quirks.actions.mailboxes import (
     LsubNoselect,
     LsubSpecialUse,
@@ -24,10 +25,13 @@ from imap_proxy.quirks.model import (
     HoldUntaggedAction,
     LsubNoselectAction,
     LsubSpecialUseAction,
+    MapSpecialFoldersAction,
     StripTrailingSeparatorAction,
+    SynthesizeSpecialUseAction,
+    XlistAction,
 )
 
-__all__ = ["Action", "LocalAnswer", "Rewrite", "build_action"]
+__all__ = ["DROP", "Action", "Drop", "LocalAnswer", "Rewrite", "build_action"]
 
 
 def build_action(rule_id: str, spec: ActionSpec) -> Action:
@@ -44,4 +48,10 @@ def build_action(rule_id: str, spec: ActionSpec) -> Action:
             return LsubSpecialUse(rule_id, spec)
         case HoldUntaggedAction():
             return HoldUntagged(rule_id, spec)
+        case MapSpecialFoldersAction():
+            return MapSpecialFolders(rule_id, spec)
+        case SynthesizeSpecialUseAction():
+            return SynthesizeSpecialUse(rule_id, spec)
+        case XlistAction():
+            return Xlist(rule_id, spec)
     raise TypeError(f"no implementation for action {spec!r}")  # pragma: no cover

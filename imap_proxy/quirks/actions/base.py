@@ -4,7 +4,11 @@ How this works: the engine calls only the hooks an action declared interest in
 (`commands`, `responses`) or that every action has (`capabilities`, `holds`,
 `releases_before`). Command hooks return a `Rewrite` (send this command instead) or a
 `LocalAnswer` (the proxy answers; nothing goes upstream); response hooks return the new
-response, or None for "unchanged".
+response, `DROP` (the client does not see it), or None for "unchanged". Commands in
+`head_commands` (APPEND) reach `on_command` as soon as their first argument is complete:
+their last argument is then the message literal still to stream (`LiteralString(None)`).
+An action with `wants_mailbox_list(command)` true makes the session learn the mailbox
+list (`LIST "" "*"`, shown to `learn_list` only) before the command goes on.
 """
 
 from __future__ import annotations
@@ -26,6 +30,14 @@ class Rewrite:
 
 
 @dataclass(frozen=True, slots=True)
+class Drop:
+    """From a response hook: the client must not see this response at all."""
+
+
+DROP = Drop()
+
+
+@dataclass(frozen=True, slots=True)
 class LocalAnswer:
     """`untagged` lines (CRLF included) then the tagged `status_text` (e.g. b"OK done")."""
 
@@ -36,6 +48,7 @@ class LocalAnswer:
 class Action:
     kind: ClassVar[str] = "action"
     commands: frozenset[str] = frozenset()
+    head_commands: frozenset[str] = frozenset()
     responses: frozenset[str] = frozenset()
     holds_untagged: ClassVar[bool] = False  # overrides holds()/releases_before()
 
@@ -48,8 +61,11 @@ class Action:
     def on_command(self, command: Command, view: SessionView) -> Rewrite | LocalAnswer | None:
         return None
 
-    def on_response(self, response: Response, view: SessionView) -> Response | None:
+    def on_response(self, response: Response, view: SessionView) -> Response | Drop | None:
         return None
+
+    def wants_mailbox_list(self, command: Command, view: SessionView) -> bool:
+        return False
 
     def holds(self, kind: str, running: Collection[str]) -> bool:
         return False
