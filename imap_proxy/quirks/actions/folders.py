@@ -84,6 +84,14 @@ def _names_at(value: Value) -> list[bytes | None]:
     return [mailbox_bytes(value)]
 
 
+def _lists_everything(command: Command) -> bool:
+    indices = _mailbox_indices(command)
+    if len(indices) != 2:
+        return False
+    reference, pattern = (mailbox_bytes(command.args[index]) for index in indices)
+    return reference == b"" and pattern == b"*"
+
+
 def _role_attribute(role: str) -> str:
     return _canonical(role)
 
@@ -131,6 +139,8 @@ class MapSpecialFolders(Action):
         return mailbox_value(mapped.name), mapped.role or None
 
     def on_command(self, command: Command, view: SessionView) -> Rewrite | LocalAnswer | None:
+        if command.name in ("LIST", "XLIST") and _lists_everything(command):
+            self._learning_asked = True  # its replies teach what our own LIST would
         args = list(command.args)
         changed = False
         for index in _mailbox_indices(command):
