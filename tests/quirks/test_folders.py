@@ -486,3 +486,46 @@ S: x1 OK List completed
 """,
         rules("xlist", "outlook-special-folders"),
     )
+
+
+def test_a_full_list_still_in_flight_does_not_stop_learning() -> None:
+    check(
+        GREETING
+        + r"""
+C: l1 LIST "" "*"
+c: m1 SELECT "Deleted Items"
+>s: ipx1 LIST "" "*"
+s: * LIST (\HasNoChildren) "." Deleted
+>c: * LIST (\HasNoChildren \Trash) "." "Deleted Items"
+S: l1 OK List completed
+s: * LIST (\HasNoChildren) "." Deleted
+s: ipx1 OK List completed
+>s: m1 SELECT "Deleted"
+S: m1 OK [READ-WRITE] Select completed
+""",
+        OUTLOOK,
+    )
+
+
+def test_other_rules_see_upstream_names_and_the_mapping_runs_last() -> None:
+    # Thunderbird's trailing separator is stripped, then the name mapped; in LSUB replies
+    # \Noselect is found under the upstream's name before the name is changed.
+    check(
+        GREETING
+        + r"""
+C: l1 LIST "" "*"
+s: * LIST (\HasChildren) "." Deleted
+>c: * LIST (\HasChildren \Trash) "." "Trash"
+s: * LIST (\Noselect \HasChildren) "." "Deleted.Old"
+>c: * LIST (\Noselect \HasChildren) "." "Trash.Old"
+S: l1 OK List completed
+c: m1 SELECT "Trash."
+>s: m1 SELECT "Deleted"
+S: m1 OK [READ-WRITE] Select completed
+C: m2 LSUB "" "*"
+s: * LSUB () "." "Deleted.Old"
+>c: * LSUB (\Noselect) "." "Trash.Old"
+S: m2 OK Lsub completed
+""",
+        rules("common-special-folders", "tb-extra-mailbox-sep", "tb-lsub-flags"),
+    )

@@ -110,18 +110,24 @@ class MapSpecialFolders(Action):
             {str(role): name for role, name in spec.upstream_folders.items()},
         )
         self.learn_with_list = spec.learn_with_list
-        self._learning_asked = False
+        self._learnt = False  # the mailbox list was asked for (by us, or by the client)
+        self._full_lists: dict[bytes, bytes] = {}  # tags of the client's `LIST "" "*"`
         self._status_names: dict[bytes, bytes] = {}  # STATUS tag -> the client's name
 
     # --- commands ------------------------------------------------------------------
 
     def wants_mailbox_list(self, command: Command, view: SessionView) -> bool:
-        if not self.learn_with_list or self._learning_asked:
+        if not self.learn_with_list or self._learnt:
             return False
+        if self._full_lists:
+            running = {tag for tag, _verb in view.client_commands()}
+            if any(tag not in running for tag in self._full_lists):
+                self._learnt = True  # the client's own full LIST has taught us
+                return False
         for index in _mailbox_indices(command):
             for name in _names_at(command.args[index]):
                 if name is not None and self.map.unresolved_alias(name, view):
-                    self._learning_asked = True  # once a session: what LIST lacks, it lacks
+                    self._learnt = True  # once a session: what LIST lacks, it lacks
                     return True
         return False
 
@@ -140,7 +146,7 @@ class MapSpecialFolders(Action):
 
     def on_command(self, command: Command, view: SessionView) -> Rewrite | LocalAnswer | None:
         if command.name in ("LIST", "XLIST") and _lists_everything(command):
-            self._learning_asked = True  # its replies teach what our own LIST would
+            _remember(self._full_lists, command.tag, b"", view)  # it teaches what ours would
         args = list(command.args)
         changed = False
         for index in _mailbox_indices(command):
