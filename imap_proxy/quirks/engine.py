@@ -53,7 +53,11 @@ class SessionView:
     greeting: bytes = b""
     delimiter: bytes | None = None
     mailbox_attributes: dict[bytes, frozenset[str]] = field(default_factory=dict)
-    mailbox_version: int = 0  # counts learn_list() calls: a cheap cache key for actions
+    # What learn_list() changed, in order (a name again when its attributes changed), and
+    # how many changes: actions index them incrementally instead of rescanning.
+    mailbox_changes: list[bytes] = field(default_factory=list)
+    mailbox_version: int = 0
+    mailbox_epoch: int = 0  # changes when mailbox_changes was compacted: index afresh
     # The client's commands in flight, oldest first, as (tag, verb): set by the session,
     # so an action can tell which command an untagged response answers.
     client_commands: Callable[[], list[tuple[bytes, str]]] = field(
@@ -68,13 +72,19 @@ class SessionView:
         """Remember a LIST line: the delimiter and the mailbox's attributes."""
         if data.kind not in ("LIST", "XLIST"):
             return
-        self.mailbox_version += 1
         if data.delimiter is not None:
             self.delimiter = data.delimiter
         if len(self.mailbox_attributes) < MAILBOX_CACHE_LIMIT or (
             data.mailbox in self.mailbox_attributes
         ):
-            self.mailbox_attributes[data.mailbox] = frozenset(a.lower() for a in data.attributes)
+            attributes = frozenset(a.lower() for a in data.attributes)
+            if self.mailbox_attributes.get(data.mailbox) != attributes:
+                self.mailbox_attributes[data.mailbox] = attributes
+                self.mailbox_changes.append(data.mailbox)
+                self.mailbox_version += 1
+                if len(self.mailbox_changes) > 2 * MAILBOX_CACHE_LIMIT:
+                    self.mailbox_changes = list(self.mailbox_attributes)
+                    self.mailbox_epoch += 1
 
 
 def matches(match: Match, view: SessionView) -> bool:

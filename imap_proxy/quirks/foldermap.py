@@ -129,36 +129,53 @@ class FolderMap:
             for role, name in upstream_folders.items()
             if role.lower() in self.aliases
         }
-        self._cache: tuple[int, bytes | None, dict[str, bytes]] | None = None
+        self._wanted_keys = {key for key, _role in self.upstream_names}
+        # An index of what the session learnt, kept up to date from view.mailbox_changes.
+        self._indexed = 0
+        self._index_of: tuple[int, bytes] | None = None  # (epoch, delimiter) indexed with
+        self._by_attribute: dict[str, bytes] = {}
+        self._by_key: dict[Key, bytes] = {}
+        self._cache: tuple[object, dict[str, bytes]] | None = None
 
     # --- which upstream folder has each role ------------------------------------------
 
+    def _index(self, view: SessionView) -> None:
+        """Take in the mailboxes learnt since the last call (all of them after a reset)."""
+        delimiter = view.delimiter or b"/"
+        if self._index_of != (view.mailbox_epoch, delimiter):
+            self._index_of = (view.mailbox_epoch, delimiter)
+            self._indexed = 0
+            self._by_attribute.clear()
+            self._by_key.clear()
+        changes = view.mailbox_changes
+        for name in changes[self._indexed :]:
+            attributes = view.mailbox_attributes.get(name, frozenset())
+            if attributes & _UNSELECTABLE:
+                continue
+            for role in self.aliases:
+                if role in attributes:
+                    self._by_attribute.setdefault(role, name)
+            key = split_name(name, delimiter).key()
+            if key is not None and key in self._wanted_keys:
+                self._by_key.setdefault(key, name)
+        self._indexed = len(changes)
+
     def folders(self, view: SessionView) -> dict[str, bytes]:
         """role -> upstream mailbox name (raw), for the roles this map has aliases for."""
-        stamp = (view.mailbox_version, view.delimiter)
-        if self._cache is not None and self._cache[:2] == stamp:
-            return self._cache[2]
+        guess = not view.has_upstream("SPECIAL-USE")
+        stamp = (view.mailbox_version, view.mailbox_epoch, view.delimiter, guess)
+        if self._cache is not None and self._cache[0] == stamp:
+            return self._cache[1]
+        self._index(view)
         delimiter = view.delimiter or b"/"
         found = {role: encode_text(name, delimiter) for role, name in self.configured.items()}
-        selectable = {
-            name: attributes
-            for name, attributes in view.mailbox_attributes.items()
-            if not attributes & _UNSELECTABLE
-        }
-        for name, attributes in selectable.items():
-            for role in self.aliases:
-                if role in attributes and role not in found:
-                    found[role] = name
-        if not view.has_upstream("SPECIAL-USE"):
-            by_key: dict[Key, bytes] = {}
-            for name in selectable:
-                key = split_name(name, delimiter).key()
-                if key is not None:
-                    by_key.setdefault(key, name)
+        for role, name in self._by_attribute.items():
+            found.setdefault(role, name)
+        if guess:
             for key, role in self.upstream_names:
-                if role in self.aliases and role not in found and key in by_key:
-                    found[role] = by_key[key]
-        self._cache = (*stamp, found)
+                if role in self.aliases and role not in found and key in self._by_key:
+                    found[role] = self._by_key[key]
+        self._cache = (stamp, found)
         return found
 
     def unresolved_alias(self, name: bytes, view: SessionView) -> bool:

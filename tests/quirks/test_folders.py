@@ -15,6 +15,7 @@ from imap_proxy.quirks.model import LoadedRule, Match, RuleSet, load_rules
 from imap_proxy.session import events as ev
 from imap_proxy.session.settings import SessionSettings
 from imap_proxy.wire.mutf7 import encode_mutf7
+from imap_proxy.wire.response import ListData
 from tests.support.transcript import CHUNKERS_FOR_UNIT, expected_outputs, parse, replay
 
 SHIPPED = load_rules()
@@ -378,9 +379,9 @@ S: a2 OK Append completed
 
 
 def test_folder_map_keys_and_verdicts() -> None:
-    view = SessionView(delimiter=b".")
-    view.mailbox_attributes = {b"INBOX.Trash": frozenset({"\\trash"}), b"INBOX": frozenset()}
-    view.upstream_capabilities = ["IMAP4rev1", "SPECIAL-USE"]
+    view = SessionView(upstream_capabilities=["IMAP4rev1", "SPECIAL-USE"])
+    view.learn_list(ListData("LIST", ("\\HasChildren",), b".", b"INBOX"))
+    view.learn_list(ListData("LIST", ("\\Trash",), b".", b"INBOX.Trash"))
     folder_map = FolderMap({"\\Trash": ["Deleted Items", "[Gmail]/Trash"]}, {}, {})
     assert folder_map.folders(view) == {"\\trash": b"INBOX.Trash"}
     assert folder_map.to_upstream(b"[Gmail].Trash", view).name == b"INBOX.Trash"
@@ -393,13 +394,28 @@ def test_folder_map_keys_and_verdicts() -> None:
 
 
 def test_names_are_not_guessed_when_the_upstream_has_special_use() -> None:
-    view = SessionView(delimiter=b".", upstream_capabilities=["SPECIAL-USE"])
-    view.mailbox_attributes = {b"Deleted": frozenset()}
+    view = SessionView(upstream_capabilities=["SPECIAL-USE"])
+    view.learn_list(ListData("LIST", (), b".", b"Deleted"))
     folder_map = FolderMap({"\\Trash": ["Deleted Items"]}, {"Deleted": "\\Trash"}, {})
     assert folder_map.folders(view) == {}
     view.upstream_capabilities = []
-    view.mailbox_version += 1
     assert folder_map.folders(view) == {"\\trash": b"Deleted"}
+
+
+def test_the_index_is_incremental_and_survives_compaction() -> None:
+    view = SessionView(upstream_capabilities=[])
+    folder_map = FolderMap({"\\Trash": ["Deleted Items"]}, {"Deleted": "\\Trash"}, {})
+    for number in range(50):
+        view.learn_list(ListData("LIST", (), b".", b"Folder%d" % number))
+        assert folder_map.folders(view) == {}
+    view.learn_list(ListData("LIST", (), b".", b"Deleted"))
+    assert folder_map.folders(view) == {"\\trash": b"Deleted"}
+    view.mailbox_changes = list(view.mailbox_attributes)  # as compaction leaves it
+    view.mailbox_epoch += 1
+    view.learn_list(ListData("LIST", (), b".", b"Other"))
+    assert folder_map.folders(view) == {"\\trash": b"Deleted"}
+    view.learn_list(ListData("LIST", ("\\Trash",), b".", b"Bin"))
+    assert folder_map.folders(view) == {"\\trash": b"Bin"}  # the attribute wins
 
 
 # --- SPECIAL-USE synthesis ----------------------------------------------------------
