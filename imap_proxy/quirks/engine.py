@@ -11,7 +11,10 @@ changes, so a rule applies from the moment its match holds. The hooks are:
 * `held_commands`           - verbs an action wants to see whole (the session holds them);
 * `on_command(cmd)`         - rewrite a command, or answer it locally;
 * `response_kinds`          - untagged kinds an action wants parsed (LIST, LSUB, …);
-* `on_response(resp)`       - rewrite an untagged response, or drop it (None);
+* `on_response(resp)`       - rewrite an untagged response, or drop it (None); actions
+                              see responses in reverse priority order, so rewrites nest:
+                              the rule that renamed a mailbox in commands first (special
+                              folders) renames it back in replies last;
 * `head_commands`           - verbs an action wants up to their first argument (APPEND);
 * `wants_mailbox_list(cmd)` - the session should learn the mailbox list first;
 * `holds()/releases_before()` - hold untagged data until a point it may be delivered.
@@ -177,7 +180,7 @@ class SessionRules:
         if isinstance(response, ListData):
             self.view.learn_list(response)
         applied: list[Applied] = []
-        for action in self.active:
+        for action in reversed(self.active):  # nested: the first to rewrite sees replies last
             changed = action.on_response(response, self.view)
             if isinstance(changed, Drop):
                 return None, [*applied, (action.rule_id, action.kind)]

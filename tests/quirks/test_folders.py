@@ -523,9 +523,9 @@ S: m1 OK [READ-WRITE] Select completed
     )
 
 
-def test_other_rules_see_upstream_names_and_the_mapping_runs_last() -> None:
-    # Thunderbird's trailing separator is stripped, then the name mapped; in LSUB replies
-    # \Noselect is found under the upstream's name before the name is changed.
+def test_other_rules_see_upstream_names_in_commands_and_replies() -> None:
+    # The name is mapped first, then Thunderbird's trailing separator stripped; in LSUB
+    # replies \Noselect is found under the upstream's name before the name is changed.
     check(
         GREETING
         + r"""
