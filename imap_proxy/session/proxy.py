@@ -582,6 +582,7 @@ class ProxySession:
         self.hooks.view.greeting = line
         if word == b"PREAUTH":
             self.state = ProtocolState.AUTHENTICATED
+            self.hooks.view.authenticated = True
         caps = capabilities_in_line(line)
         if self.settings.upstream_starttls:
             if word == b"PREAUTH":
@@ -909,12 +910,16 @@ class ProxySession:
             answered = True
             self._answer(msg.tag, msg.name, outcome.status_text, untagged=outcome.untagged)
         elif outcome is not command or len(msg.lines) > 1:
-            fragment = encode_command(outcome.tag, outcome.name, outcome.args[:-1])
-            if fragment.literals:
+            plus = has_capability(self.upstream_capabilities, "LITERAL+")
+            marker = b"+" if plus else b""
+            fragment = encode_command(
+                outcome.tag, outcome.name, outcome.args[:-1], literal_marker=marker
+            )
+            if fragment.literals and not plus:  # an 8-bit name: it needs a literal of its own
                 answered = True
-                self._answer(msg.tag, msg.name, b"BAD Mailbox name must be a quoted string")
+                self._answer(msg.tag, msg.name, b"NO [CANNOT] This mailbox name needs LITERAL+")
             else:
-                head = fragment.first_line.rstrip(b"\r\n") + b" "
+                head = fragment.to_bytes().rstrip(b"\r\n") + b" "
                 part = LinePart(head + part.raw[literal.start :], replace(literal, start=len(head)))
         if answered:  # the client's message literal is not wanted
             msg.mode = _Mode.DISCARD

@@ -269,6 +269,8 @@ def test_the_folders_are_learnt_before_a_command_that_names_an_alias() -> None:
     check(
         GREETING
         + r"""
+C: a0 LOGIN alice secret
+S: a0 OK Logged in
 c: m1 SELECT "Deleted Items"
 >s: ipx1 LIST "" "*"
 s: * LIST (\HasNoChildren) "." INBOX
@@ -284,6 +286,10 @@ S: m2 NO Mailbox does not exist
 """,
         OUTLOOK,
     )
+
+
+def test_nothing_is_learnt_before_login() -> None:
+    check(GREETING + 'C: m1 SELECT "Deleted Items"\nS: m1 NO Not logged in\n', OUTLOOK)
 
 
 def test_names_pass_unchanged_while_the_folder_is_unknown_and_learning_is_off() -> None:
@@ -370,6 +376,35 @@ S: a1 OK Append completed
 C: a2 APPEND "Other" {2+}
 C: hi
 S: a2 OK Append completed
+""",
+        OUTLOOK,
+    )
+
+
+def test_append_of_an_8bit_name_in_a_literal_keeps_it_a_literal() -> None:
+    # UTF8=ACCEPT clients send UTF-8 names; re-sent as a literal of their own.
+    check(
+        GREETING
+        + LEARN_DOT
+        + """c: a1 APPEND {10}
+>c: + Ready for literal data
+c: Übersicht (\\Seen) {5+}
+>s: a1 APPEND {10+}
+>s: Übersicht (\\Seen) {5+}
+C: hello
+S: a1 OK Append completed
+""",
+        OUTLOOK,
+    )
+    check(
+        NO_LITERAL_PLUS
+        + LEARN_DOT
+        + """c: a1 APPEND {10}
+>c: + Ready for literal data
+c: Übersicht {5}
+>c: a1 NO [CANNOT] This mailbox name needs LITERAL+
+C: a2 NOOP
+S: a2 OK done
 """,
         OUTLOOK,
     )
@@ -508,6 +543,8 @@ def test_a_full_list_still_in_flight_does_not_stop_learning() -> None:
     check(
         GREETING
         + r"""
+C: a0 LOGIN alice secret
+S: a0 OK Logged in
 C: l1 LIST "" "*"
 c: m1 SELECT "Deleted Items"
 >s: ipx1 LIST "" "*"

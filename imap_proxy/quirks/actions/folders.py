@@ -117,7 +117,7 @@ class MapSpecialFolders(Action):
     # --- commands ------------------------------------------------------------------
 
     def wants_mailbox_list(self, command: Command, view: SessionView) -> bool:
-        if not self.learn_with_list or self._learnt:
+        if not self.learn_with_list or self._learnt or not view.authenticated:
             return False
         if self._full_lists:
             running = {tag for tag, _verb in view.client_commands()}
