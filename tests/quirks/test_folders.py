@@ -8,6 +8,8 @@ has no fingerprint here): what the upstream and the client must receive, byte fo
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from imap_proxy.quirks.engine import SessionView
 from imap_proxy.quirks.foldermap import FolderMap, Verdict, split_name
@@ -582,3 +584,41 @@ S: m2 OK Lsub completed
 """,
         rules("common-special-folders", "tb-extra-mailbox-sep", "tb-lsub-flags"),
     )
+
+
+_PART = st.text(
+    alphabet=st.characters(blacklist_characters="./", blacklist_categories=("Cs", "Cc")),
+    min_size=1,
+    max_size=8,
+)
+
+
+def _learnt_view(delimiter: bytes) -> SessionView:
+    view = SessionView(upstream_capabilities=["IMAP4rev1"])
+    for name in (b"INBOX", b"Deleted", b"Sent"):
+        view.learn_list(ListData("LIST", (), delimiter, name))
+    return view
+
+
+@given(rest=st.lists(_PART, max_size=3), delimiter=st.sampled_from([b".", b"/"]))
+def test_children_of_an_alias_map_there_and_back(rest: list[str], delimiter: bytes) -> None:
+    view = _learnt_view(delimiter)
+    folder_map = FolderMap({"\\Trash": ["Deleted Items"]}, {"Deleted": "\\Trash"}, {})
+    tail = b"".join(delimiter + encode_mutf7(part) for part in rest)
+    upstream = folder_map.to_upstream(b"Deleted Items" + tail, view)
+    assert upstream.verdict is Verdict.RENAME
+    assert upstream.name == b"Deleted" + tail
+    back = folder_map.to_client(upstream.name, view, delimiter)
+    assert back.name == b"Deleted Items" + tail
+    assert (back.role == "\\trash") is (not rest)
+
+
+@given(parts=st.lists(_PART, min_size=1, max_size=3))
+def test_other_names_pass_both_ways_unchanged(parts: list[str]) -> None:
+    view = _learnt_view(b".")
+    folder_map = FolderMap({"\\Trash": ["Deleted Items"]}, {"Deleted": "\\Trash"}, {})
+    name = b".".join(encode_mutf7(part) for part in parts)
+    if parts[0].casefold() in ("deleted items", "deleted") or parts[0].upper() == "INBOX":
+        return
+    assert folder_map.to_upstream(name, view).verdict is Verdict.KEEP
+    assert folder_map.to_client(name, view, b".").verdict is Verdict.KEEP
