@@ -15,8 +15,10 @@ when the upstream has no SPECIAL-USE) the first existing mailbox named in
 `upstream_names`; it is cached until the session learns more (`view.mailbox_version`).
 `to_upstream(name)` maps a client name (an alias, or a child of one) to the upstream
 name; `to_client(name)` maps an upstream name back, or says to hide it: an upstream
-mailbox that carries an alias's name but is not the role's folder would otherwise show
-twice. Unknown roles map nothing: names pass through unchanged.
+mailbox that carries the preferred alias's name but is not the role's folder would
+otherwise show twice. A secondary alias that names another real upstream folder (a user's
+own "Spam" next to the real "Junk") is *shadowed*: it means that folder, unmapped, and it
+stays visible. Unknown roles map nothing: names pass through unchanged.
 
 `FolderRoles` is the plain "upstream name -> attribute" table of the SPECIAL-USE
 synthesis and XLIST actions, with the same key matching.
@@ -129,7 +131,9 @@ class FolderMap:
             for role, name in upstream_folders.items()
             if role.lower() in self.aliases
         }
-        self._wanted_keys = {key for key, _role in self.upstream_names}
+        self._wanted_keys = {key for key, _role in self.upstream_names} | {
+            alias for keys in self.aliases.values() for alias in keys
+        }
         # An index of what the session learnt, kept up to date from view.mailbox_changes.
         self._indexed = 0
         self._index_of: tuple[int, bytes] | None = None  # (epoch, delimiter) indexed with
@@ -203,12 +207,21 @@ class FolderMap:
                 for alias in self.aliases[role]:
                     if len(split.parts) < len(alias) or split.key(len(alias)) != alias:
                         continue
+                    if self._shadowed(role, alias, folder):
+                        return _KEEP
                     rest = split.parts[len(alias) :]
                     upstream_delimiter = view.delimiter or delimiter
                     target = upstream_delimiter.join([folder, *rest])
                     own = not rest or rest == [b""]
                     return Mapped(Verdict.RENAME, target, role if own else "")
         return _KEEP
+
+    def _shadowed(self, role: str, alias: Key, folder: bytes) -> bool:
+        """A secondary alias that names another real upstream folder means that folder."""
+        if alias == self.aliases[role][0]:
+            return False  # the name the client sees always means the role's folder
+        existing = self._by_key.get(alias)
+        return existing is not None and existing != folder
 
     # --- upstream names -> client names ---------------------------------------------
 
@@ -231,7 +244,8 @@ class FolderMap:
         if key is None:
             return _KEEP
         for role in known:
-            if any(key[: len(alias)] == alias for alias in self.aliases[role]):
+            preferred = self.aliases[role][0]
+            if key[: len(preferred)] == preferred:
                 return Mapped(Verdict.HIDE)
         return _KEEP
 

@@ -622,3 +622,28 @@ def test_other_names_pass_both_ways_unchanged(parts: list[str]) -> None:
         return
     assert folder_map.to_upstream(name, view).verdict is Verdict.KEEP
     assert folder_map.to_client(name, view, b".").verdict is Verdict.KEEP
+
+
+def test_a_secondary_alias_naming_a_real_folder_means_that_folder() -> None:
+    # The user's own "Spam" and "Deleted" are not the junk and trash folders: they stay
+    # visible and reachable; "Bin", which does not exist, is the trash.
+    events = check(
+        GREETING
+        + r"""
+C: l1 LIST "" "*"
+S: * LIST (\HasNoChildren \Trash) "." Trash
+S: * LIST (\HasNoChildren \Junk) "." Junk
+S: * LIST (\HasNoChildren) "." Spam
+S: * LIST (\HasNoChildren) "." Deleted
+S: l1 OK List completed
+C: m1 SELECT "Spam"
+S: m1 OK [READ-WRITE] Select completed
+C: m2 COPY 1 "Deleted"
+S: m2 OK Copy completed
+c: m3 COPY 1 "Bin"
+>s: m3 COPY 1 "Trash"
+S: m3 OK Copy completed
+""",
+        COMMON,
+    )
+    assert fired(events) == {"common-special-folders"}
