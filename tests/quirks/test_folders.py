@@ -647,3 +647,38 @@ S: m3 OK Copy completed
         COMMON,
     )
     assert fired(events) == {"common-special-folders"}
+
+
+def test_multiappend_rewrites_the_mailbox_and_streams_every_message() -> None:
+    check(
+        GREETING
+        + LEARN_DOT
+        + r"""c: a1 APPEND "Deleted Items" {5+}
+>s: a1 APPEND "Deleted" {5+}
+C: hello (\Seen) {3+}
+C: bye
+S: a1 OK [APPENDUID 1 7:8] Append completed
+""",
+        OUTLOOK,
+    )
+
+
+def test_lsub_list_status_and_literal_names_in_replies() -> None:
+    check(
+        GREETING
+        + LEARN_DOT
+        + r"""C: s1 LSUB "" "*"
+s: * LSUB () "." Deleted
+>c: * LSUB (\Trash) "." "Deleted Items"
+s: * LSUB () "." {13}
+s: Deleted Items
+S: s1 OK Lsub completed
+C: s2 LIST "" "*" RETURN (STATUS (MESSAGES))
+s: * LIST (\HasNoChildren) "." Sent
+>c: * LIST (\HasNoChildren \Sent) "." "Sent Items"
+s: * STATUS Sent (MESSAGES 2)
+>c: * STATUS "Sent Items" (MESSAGES 2)
+S: s2 OK List completed
+""",
+        OUTLOOK,
+    )
