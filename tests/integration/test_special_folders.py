@@ -5,7 +5,8 @@ proxy runs the shipped Outlook alias rule (its client match lifted, so that thes
 libraries get Outlook's names; which client gets which alias set is the fingerprint's
 job, shown by tests/rules) plus the XLIST rule. The clients select, append to, copy and
 move into "Deleted Items"; Dovecot, read directly, must hold the messages in "Deleted",
-and no "Deleted Items" folder may exist there.
+and no "Deleted Items" folder may exist there. A raw Outlook-shaped session shows the
+same with the rules and fingerprints exactly as shipped.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from imap_proxy.quirks.store import QuirkSnapshot, RuleStore
 from imap_proxy.session import events as ev
 from tests.clients.support import make_message
 from tests.support.dovecot import DovecotInstance, MailUser
-from tests.support.proxy import RunningProxy, running_proxy
+from tests.support.proxy import RawClient, RunningProxy, running_proxy
 
 RULES = ("outlook-special-folders", "xlist")
 BIG = 300 * 1024  # far beyond capture_literal_max: APPEND must stream it
@@ -185,3 +186,58 @@ def test_imapclient_trash_and_a_non_ascii_child(
     upstream_names = _upstream_folders(upstream, user)
     assert "Deleted.Ann&AOk-e" in upstream_names
     assert not any(name.startswith("Deleted Items") for name in upstream_names)
+
+
+@pytest.fixture
+def default_proxy(upstream: DovecotInstance, fired: list[str]) -> Iterator[RunningProxy]:
+    """The proxy as shipped: every packaged rule as its file says, and the fingerprints."""
+    store = RuleStore(QuirkSnapshot(load_rules(), FingerprintSet.packaged()))
+    config = ProxyConfig.model_validate(
+        {"listen": ["127.0.0.1:0"], "upstream": {"address": f"127.0.0.1:{upstream.port}"}}
+    )
+
+    def observe(event: object) -> None:
+        if isinstance(event, ev.RuleApplied):
+            fired.append(event.rule_id)
+
+    with running_proxy(config, observer=observe, rules=store) as running:
+        yield running
+
+
+def _answer(raw: RawClient, tag: bytes) -> bytes:
+    """Every line up to and including the tagged answer."""
+    received = b""
+    while True:
+        line = raw.read_line()
+        received += line
+        if line.startswith(tag + b" "):
+            return received
+
+
+def _command(raw: RawClient, tag: bytes, line: bytes) -> bytes:
+    raw.send(tag + b" " + line + b"\r\n")
+    return _answer(raw, tag)
+
+
+def test_an_outlook_shaped_session_appends_a_big_message_to_deleted_items(
+    default_proxy: RunningProxy, upstream: DovecotInstance, user: MailUser, fired: list[str]
+) -> None:
+    """Recognised by its tags and CAPABILITY after login, with the shipped rules only."""
+    big = make_message("outlook-big", body="y" * BIG)
+    with default_proxy.raw() as raw:
+        raw.read_line()
+        _command(raw, b"8eej", b"CAPABILITY")
+        _command(raw, b"9fk2", b"LOGIN " + user.name.encode() + b" " + user.password.encode())
+        _command(raw, b"a1b3", b"CAPABILITY")
+        raw.send(b'b2c4 APPEND "Deleted Items" (\\Seen) {%d}\r\n' % len(big))
+        assert raw.read_line().startswith(b"+")  # the upstream's own continuation
+        raw.send(big + b"\r\n")
+        answer = _answer(raw, b"b2c4")
+        assert b"b2c4 OK" in answer, answer
+        listing = _command(raw, b"c3d5", b'LSUB "" "*"') + _command(raw, b"d4e6", b'LIST "" "*"')
+        _command(raw, b"e5f7", b"LOGOUT")
+    assert b'* LIST (\\HasNoChildren \\Trash) "." "Deleted Items"\r\n' in listing
+    assert b'"Deleted"\r\n' not in listing
+    assert upstream.mailbox_messages(user.name, "Deleted") == [big]
+    assert "Deleted Items" not in _upstream_folders(upstream, user)
+    assert "outlook-special-folders" in fired
