@@ -176,6 +176,7 @@ def test_imapclient_trash_and_a_non_ascii_child(
     xlisted = {name: set(flag_list) for flag_list, _d, name in client.xlist_folders()}
     assert b"\\Inbox" in xlisted["INBOX"]
     assert b"\\Trash" in xlisted["Deleted Items"]
+    assert b"\\Spam" in xlisted["Junk E-mail"]  # Gmail's name for \\Junk
     client.logout()
 
     assert sorted(_subject_keys(upstream.mailbox_messages(user.name, "Deleted"))) == [

@@ -517,6 +517,10 @@ s: * LIST (\HasNoChildren) "." Deleted
 >c: * XLIST (\HasNoChildren \Trash) "." "Deleted"
 s: * LIST (\HasNoChildren) "." Projects
 >c: * XLIST (\HasNoChildren) "." "Projects"
+s: * LIST (\HasNoChildren) "." Spam
+>c: * XLIST (\HasNoChildren \Spam) "." "Spam"
+s: * LIST (\HasNoChildren \Junk) "." "Junk"
+>c: * XLIST (\HasNoChildren \Spam) "." "Junk"
 S: x1 OK List completed
 C: x2 LIST "" "*"
 S: * LIST (\HasNoChildren) "." INBOX

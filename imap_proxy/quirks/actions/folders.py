@@ -8,8 +8,8 @@ How this works:
   `quirks.foldermap`), in whatever form it came: atom, quoted or literal in, the encoder
   picks the form out. CREATE of an alias of a known folder is answered OK locally. In
   LIST/LSUB/XLIST replies the real folder shows under the client's preferred name, with
-  the role's attribute added where the upstream lacks it, and upstream mailboxes named
-  like an alias are hidden (they would show twice); STATUS replies carry the name the
+  the role's attribute added where the upstream lacks it, and an upstream mailbox with
+  that preferred name is hidden (it would show twice); STATUS replies carry the name the
   client asked about. When a command names an alias whose folder is not known yet, the
   session is asked to learn the mailbox list first (`wants_mailbox_list`).
 * `SynthesizeSpecialUse` adds the attribute of `folders` to LIST/LSUB replies of mailboxes
@@ -17,7 +17,8 @@ How this works:
   (selection: only special-use mailboxes) and `... RETURN (SPECIAL-USE)` into a plain LIST
   whose replies it annotates and, for the selection option, filters.
 * `Xlist` advertises XLIST, sends XLIST upstream as LIST and answers with `* XLIST` lines
-  carrying the special-use attributes (LIST's, or `folders`') and \\Inbox for INBOX.
+  carrying the special-use attributes (LIST's, or `folders`') under Gmail's names (\\Spam,
+  \\AllMail, \\Starred for \\Junk, \\All, \\Flagged) and \\Inbox for INBOX.
 
 Which command an untagged reply answers is the oldest client command in flight that
 produces such replies (`view.client_commands`): servers answer in order.
@@ -272,6 +273,10 @@ class SynthesizeSpecialUse(Action):
         return annotated if annotated != response else None
 
 
+# XLIST predates RFC 6154: Gmail named these three its own way, and XLIST clients expect it.
+_GMAIL_NAMES = {"\\junk": "\\Spam", "\\all": "\\AllMail", "\\flagged": "\\Starred"}
+
+
 class Xlist(Action):
     kind = "xlist"
     commands = frozenset({"XLIST"})
@@ -301,4 +306,5 @@ class Xlist(Action):
         data = _annotated(response, self.roles, view)
         if is_inbox(data.mailbox):
             data = _with_attributes(data, ["\\Inbox"]) or data
-        return ListData("XLIST", data.attributes, data.delimiter, data.mailbox, data.extended)
+        attributes = tuple(_GMAIL_NAMES.get(a.lower(), a) for a in data.attributes)
+        return ListData("XLIST", attributes, data.delimiter, data.mailbox, data.extended)
