@@ -139,7 +139,8 @@ def test_fingerprint_uses_the_definitions_of_a_rules_directory(
     rules = tmp_path / "rules"
     shutil.copytree(packaged_rules_dir(), rules)
     definitions = rules / FINGERPRINT_FILE
-    definitions.write_text(definitions.read_text().replace("apple-mail", "mac-mail"))
+    for path in rules.glob("*.yaml"):  # the definitions and the rules that name the family
+        path.write_text(path.read_text().replace("apple-mail", "mac-mail"))
     trace = tmp_path / "t.txt"
     trace.write_text(MACOS_TRACE)
     assert main(["fingerprint", "--rules", str(rules), str(trace)]) == 0

@@ -12,7 +12,12 @@ changes, so a rule applies from the moment its match holds. The hooks are:
 * `on_command(cmd)`         - rewrite a command, answer it locally, or emulate it with a
                               script of upstream commands (`actions.base.Emulate`);
 * `response_kinds`          - untagged kinds an action wants parsed (LIST, LSUB, …);
-* `on_response(resp)`       - rewrite an untagged response;
+* `on_response(resp)`       - rewrite an untagged response, or drop it (None); actions
+                              see responses in reverse priority order, so rewrites nest:
+                              the rule that renamed a mailbox in commands first (special
+                              folders) renames it back in replies last;
+* `head_commands`           - verbs an action wants up to their first argument (APPEND);
+* `wants_mailbox_list(cmd)` - the session should learn the mailbox list first;
 * `holds()/releases_before()` - hold untagged data until a point it may be delivered;
 * `observed_kinds` / `on_untagged_line(kind, line, whole)` - see the first line of an
   untagged response (a one-line one may be kept back);
@@ -26,10 +31,17 @@ the session can record them (logs, metrics).
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
-from imap_proxy.quirks.actions import Action, Emulate, LocalAnswer, Rewrite, build_action
+from imap_proxy.quirks.actions import (
+    Action,
+    Drop,
+    Emulate,
+    LocalAnswer,
+    Rewrite,
+    build_action,
+)
 from imap_proxy.quirks.actions.base import TaggedOutcome
 from imap_proxy.quirks.model import Match, Rule, RuleSet
 from imap_proxy.wire.command import Command
@@ -37,6 +49,10 @@ from imap_proxy.wire.response import ListData, Response
 
 Applied = tuple[str, str]  # (rule id, action type)
 MAILBOX_CACHE_LIMIT = 10_000
+
+
+def _no_commands() -> list[tuple[bytes, str]]:
+    return []
 
 
 @dataclass
@@ -47,12 +63,22 @@ class SessionView:
     family: str = "unknown"
     confidence: float = 0.0
     first_tag: bytes | None = None
+    authenticated: bool = False  # capabilities before login are often a trimmed list
     id_params: list[tuple[bytes, bytes | None]] | None = None
     upstream_capabilities: list[str] = field(default_factory=list)
     greeting: bytes = b""
     delimiter: bytes | None = None
-    authenticated: bool = False  # logged in (capabilities before login are often partial)
     mailbox_attributes: dict[bytes, frozenset[str]] = field(default_factory=dict)
+    # What learn_list() changed, in order (a name again when its attributes changed), and
+    # how many changes: actions index them incrementally instead of rescanning.
+    mailbox_changes: list[bytes] = field(default_factory=list)
+    mailbox_version: int = 0
+    mailbox_epoch: int = 0  # changes when mailbox_changes was compacted: index afresh
+    # The client's commands in flight, oldest first, as (tag, verb): set by the session,
+    # so an action can tell which command an untagged response answers.
+    client_commands: Callable[[], list[tuple[bytes, str]]] = field(
+        default_factory=lambda: _no_commands
+    )
 
     def has_upstream(self, capability: str) -> bool:
         wanted = capability.upper()
@@ -67,7 +93,14 @@ class SessionView:
         if len(self.mailbox_attributes) < MAILBOX_CACHE_LIMIT or (
             data.mailbox in self.mailbox_attributes
         ):
-            self.mailbox_attributes[data.mailbox] = frozenset(a.lower() for a in data.attributes)
+            attributes = frozenset(a.lower() for a in data.attributes)
+            if self.mailbox_attributes.get(data.mailbox) != attributes:
+                self.mailbox_attributes[data.mailbox] = attributes
+                self.mailbox_changes.append(data.mailbox)
+                self.mailbox_version += 1
+                if len(self.mailbox_changes) > 2 * MAILBOX_CACHE_LIMIT:
+                    self.mailbox_changes = list(self.mailbox_attributes)
+                    self.mailbox_epoch += 1
 
 
 def matches(match: Match, view: SessionView) -> bool:
@@ -109,6 +142,7 @@ class SessionRules:
         self._built: dict[str, list[Action]] = {}
         self.active: list[Action] = []
         self.held_commands: frozenset[str] = frozenset()
+        self.head_commands: frozenset[str] = frozenset()
         self.response_kinds: frozenset[str] = frozenset()
         self.watches_untagged = False
         self.observed_kinds: frozenset[str] = frozenset()
@@ -128,6 +162,7 @@ class SessionRules:
                 active += self._built[rule.id]
         self.active = active
         self.held_commands = frozenset(name for a in active for name in a.commands)
+        self.head_commands = frozenset(name for a in active for name in a.head_commands)
         self.response_kinds = frozenset(kind for a in active for kind in a.responses)
         # Untagged lines (every FETCH response) are looked at only when an action cares.
         self.watches_untagged = bool(self.response_kinds) or any(a.holds_untagged for a in active)
@@ -149,7 +184,7 @@ class SessionRules:
         applied."""
         applied: list[Applied] = []
         for action in self.active:
-            if command.name not in action.commands:
+            if command.name not in action.commands and command.name not in action.head_commands:
                 continue
             outcome = action.on_command(command, self.view)
             if isinstance(outcome, LocalAnswer | Emulate):
@@ -159,16 +194,31 @@ class SessionRules:
                 applied.append((action.rule_id, action.kind))
         return command, applied
 
-    def on_response(self, response: Response) -> tuple[Response, list[Applied]]:
+    def on_response(self, response: Response) -> tuple[Response | None, list[Applied]]:
+        """The response to relay (maybe rewritten), None if an action dropped it."""
         if isinstance(response, ListData):
             self.view.learn_list(response)
         applied: list[Applied] = []
-        for action in self.active:
+        for action in reversed(self.active):  # nested: the first to rewrite sees replies last
             changed = action.on_response(response, self.view)
+            if isinstance(changed, Drop):
+                return None, [*applied, (action.rule_id, action.kind)]
             if changed is not None and changed != response:
                 response = changed
                 applied.append((action.rule_id, action.kind))
         return response, applied
+
+    def wants_mailbox_list(self, command: Command) -> bool:
+        return any(
+            action.wants_mailbox_list(command, self.view)
+            for action in self.active
+            if command.name in action.commands or command.name in action.head_commands
+        )
+
+    def learn(self, response: Response) -> None:
+        """A response to the proxy's own LIST: remembered, never shown to the client."""
+        if isinstance(response, ListData):
+            self.view.learn_list(response)
 
     def holding_action(self, kind: str, running: Collection[str]) -> Action | None:
         for action in self.active:

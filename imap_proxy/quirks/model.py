@@ -170,6 +170,53 @@ class StubFetchAction(_Strict):
     _regex = field_validator("vanished_text")(_check_regex)
 
 
+SpecialUse = Literal["\\Trash", "\\Sent", "\\Drafts", "\\Junk", "\\Archive", "\\All", "\\Flagged"]
+
+
+class MapSpecialFoldersAction(_Strict):
+    """Map the client's names for special folders ("Deleted Items") to the upstream's real
+    folder of that role, in every command and response that names a mailbox."""
+
+    type: Literal["map_special_folders"]
+    aliases: dict[SpecialUse, list[str]] = Field(
+        description="role -> the names this client uses for it; the first is the one it sees"
+    )
+    upstream_names: dict[str, SpecialUse] = Field(
+        default_factory=dict,
+        description="upstream folder name -> role, for folders LIST shows without the "
+        "attribute (localized names go here); the first existing one wins",
+    )
+    upstream_folders: dict[SpecialUse, str] = Field(
+        default_factory=dict,
+        description="role -> the upstream folder, for servers without SPECIAL-USE "
+        "(overrides what LIST shows)",
+    )
+    learn_with_list: bool = Field(
+        default=True,
+        description="when a command names an alias and the role's folder is not yet known, "
+        'send `LIST "" "*"` upstream first to learn it',
+    )
+
+
+class SynthesizeSpecialUseAction(_Strict):
+    """Add special-use attributes to LIST/LSUB by folder name where the upstream has none,
+    advertise SPECIAL-USE, and accept RFC 6154's LIST forms by rewriting them."""
+
+    type: Literal["synthesize_special_use"]
+    folders: dict[str, SpecialUse] = Field(description="upstream folder name -> attribute")
+
+
+class XlistAction(_Strict):
+    """Answer XLIST (the Gmail-era extension) from LIST, with special-use attributes and
+    \\Inbox, and advertise XLIST."""
+
+    type: Literal["xlist"]
+    folders: dict[str, SpecialUse] = Field(
+        default_factory=dict,
+        description="upstream folder name -> attribute, where LIST shows none",
+    )
+
+
 ActionSpec = Annotated[
     CapabilitiesAction
     | AnswerIdAction
@@ -178,7 +225,10 @@ ActionSpec = Annotated[
     | LsubSpecialUseAction
     | HoldUntaggedAction
     | MoveEmulationAction
-    | StubFetchAction,
+    | StubFetchAction
+    | MapSpecialFoldersAction
+    | SynthesizeSpecialUseAction
+    | XlistAction,
     Field(discriminator="type"),
 ]
 

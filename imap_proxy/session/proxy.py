@@ -15,7 +15,10 @@ How this works: the I/O layer feeds bytes in and carries out the events that com
 Each direction has a framer. Client messages are forwarded as their original bytes, line
 by line and literal chunk by literal chunk, as they arrive (STREAM); a few commands the
 proxy must rewrite or answer are held until complete (HOLD), and refused ones are dropped
-(DISCARD). Upstream responses stream the same way; only lines carrying capabilities are
+(DISCARD). A command whose first argument a rule rewrites while the rest streams (APPEND:
+the message) is held only up to that argument (HEAD). When a rule needs the mailbox list
+first, the proxy sends its own `LIST "" "*"` and the command waits for it (learning).
+Upstream responses stream the same way; only lines carrying capabilities are
 rewritten. Output the proxy makes itself is never put in the middle of a message being
 relayed: it waits for the message's end.
 
@@ -42,7 +45,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from imap_proxy.quirks.actions import Emulate, EmulationAnswer, LocalAnswer, StepResult
 from imap_proxy.session import events as ev
@@ -59,10 +62,17 @@ from imap_proxy.session.rulehooks import RuleHooks, untagged_kind
 from imap_proxy.session.settings import SessionSettings
 from imap_proxy.session.state import AUTH_COMMANDS, ProtocolState, next_state
 from imap_proxy.session.tracker import CommandTracker, InFlight
-from imap_proxy.wire.command import parse_command, parse_id_params, peek_command
+from imap_proxy.wire.command import Command, parse_command, parse_id_params, peek_command
 from imap_proxy.wire.encode import encode_command
 from imap_proxy.wire.errors import ProtocolError, Side
-from imap_proxy.wire.framer import NEED_DATA, FrameEvent, Framer, LinePart, LiteralData
+from imap_proxy.wire.framer import (
+    NEED_DATA,
+    FrameEvent,
+    Framer,
+    LinePart,
+    LiteralData,
+    LiteralHeader,
+)
 from imap_proxy.wire.message import Message
 from imap_proxy.wire.syntax import parse_sequence_set
 
@@ -91,6 +101,7 @@ class _Await(enum.Enum):
 class _Mode(enum.Enum):
     STREAM = "stream"
     HOLD = "hold"
+    HEAD = "head"  # held up to the first argument, then STREAM
     DISCARD = "discard"
 
 
@@ -161,6 +172,8 @@ class ProxySession:
         self._client = Framer(Side.CLIENT, settings.client_limits)
         self._upstream = Framer(Side.UPSTREAM, settings.upstream_limits)
         self._tracker = CommandTracker()
+        self.hooks.view.client_commands = self._tracker.client_tags
+        self._learning = False  # our LIST for the rules is in flight; the client waits
         self._phase = _Phase.GREETING
         self._client_tls = settings.client_tls
         self._greeting: bytes = b""
@@ -200,6 +213,7 @@ class ProxySession:
             self._phase is not _Phase.RELAYING
             or self._await is not _Await.NOTHING
             or self._emulation is not None
+            or self._learning
             or (self._draining and self._msg is None)
         )
 
@@ -428,7 +442,9 @@ class ProxySession:
         self._tagged(command, part, status)
 
     def _relay_line(self, part: LinePart, line: bytes | None = None) -> None:
-        self._out.append(ev.SendToClient(part.raw if line is None else line))
+        data = part.raw if line is None else line
+        if data:  # b"": a rule dropped the response
+            self._out.append(ev.SendToClient(data))
         if part.literal is not None:
             self._client_open = True
         else:
@@ -508,7 +524,8 @@ class ProxySession:
         self._up_continues = False
         data, applied = self.hooks.rewrite_message(held.message())
         self._out += applied
-        self._out.append(ev.SendToClient(data))
+        if data:
+            self._out.append(ev.SendToClient(data))
         self._end_client_message()
 
     def _continuation(self, line: bytes) -> None:
@@ -787,6 +804,8 @@ class ProxySession:
             self._answer(tag, name, _PRIVACY_REQUIRED)
         elif name == "ID" or self.hooks.wants_whole(name):
             msg.mode = _Mode.HOLD
+        elif self.hooks.wants_head(name):
+            msg.mode = _Mode.HEAD
         else:
             msg.capture = name in AUTH_COMMANDS
             self._tracker.add(InFlight(tag, name))
@@ -819,10 +838,13 @@ class ProxySession:
             msg.lines.clear()
             msg.literals.clear()
             msg.literal = None
-        if msg.capture or msg.mode is _Mode.HOLD:
+        if msg.capture or msg.mode in (_Mode.HOLD, _Mode.HEAD):
             msg.lines.append(part.raw)
         if msg.mode is _Mode.HOLD:
             self._hold_line(msg, part)
+            return
+        if msg.mode is _Mode.HEAD:
+            self._head_line(msg, part)
             return
         raw = part.raw
         if literal is not None and not literal.synchronizing and not self._upstream_takes(literal):
@@ -965,6 +987,9 @@ class ProxySession:
                 self._answer(msg.tag, msg.name, b"BAD Invalid ID arguments")
                 return
             self._out += self.hooks.id_seen(params, authenticated)
+        elif self.hooks.wants_mailbox_list(command):
+            self._learn_mailboxes(lambda: self._held_command_complete(msg))
+            return
         outcome, applied = self.hooks.on_command(command)
         self._out += applied
         if isinstance(outcome, LocalAnswer):
@@ -1039,6 +1064,76 @@ class ProxySession:
         rule_id, kind = emulation.emulate.rule_id, emulation.emulate.kind
         self._out.append(ev.EmulationFinished(rule_id, kind, answer.outcome))
         self._drain_if_quiet()
+
+    def _head_line(self, msg: _ClientMessage, part: LinePart) -> None:
+        literal = part.literal
+        if literal is None:  # no literal to stream after all: the command is held whole
+            self._msg = None
+            self._held_command_complete(msg)
+            return
+        head = Message((*msg.lines, b"\r\n"), (*msg.literals, None))
+        try:
+            command: Command | None = parse_command(head)
+        except ProtocolError:
+            command = None
+        if command is None or len(command.args) < 2:
+            # `APPEND {11}` - the literal is the mailbox name itself: keep it, read on.
+            self._hold_line(msg, part)
+            return
+        self._head_complete(msg, command, part, literal)
+
+    def _head_complete(
+        self, msg: _ClientMessage, command: Command, part: LinePart, literal: LiteralHeader
+    ) -> None:
+        """Send the (rewritten) head of a command, then stream the rest of it."""
+        if self.hooks.wants_mailbox_list(command):
+            self._learn_mailboxes(lambda: self._head_complete(msg, command, part, literal))
+            return
+        outcome, applied = self.hooks.on_command(command)
+        self._out += applied
+        answered = False
+        if isinstance(outcome, LocalAnswer):
+            answered = True
+            self._answer(msg.tag, msg.name, outcome.status_text, untagged=outcome.untagged)
+        elif isinstance(outcome, Emulate):  # no rule emulates a command that streams on
+            answered = True
+            self._answer(msg.tag, msg.name, b"NO [SERVERBUG] Cannot emulate this command")
+        elif outcome is not command or len(msg.lines) > 1:
+            plus = has_capability(self.upstream_capabilities, "LITERAL+")
+            marker = b"+" if plus else b""
+            fragment = encode_command(
+                outcome.tag, outcome.name, outcome.args[:-1], literal_marker=marker
+            )
+            if fragment.literals and not plus:  # an 8-bit name: it needs a literal of its own
+                answered = True
+                self._answer(msg.tag, msg.name, b"NO [CANNOT] This mailbox name needs LITERAL+")
+            else:
+                head = fragment.to_bytes().rstrip(b"\r\n") + b" "
+                part = LinePart(head + part.raw[literal.start :], replace(literal, start=len(head)))
+        if answered:  # the client's message literal is not wanted
+            msg.mode = _Mode.DISCARD
+            if literal.synchronizing:
+                self._client.cancel_literal()
+                self._end_command_message()
+            return
+        msg.mode = _Mode.STREAM
+        msg.lines.clear()
+        self._tracker.add(InFlight(msg.tag, msg.name))
+        self._message_line(part)
+
+    def _learn_mailboxes(self, resume: Callable[[], None]) -> None:
+        """Send `LIST "" "*"` for the rules to learn from; then carry on with `resume`."""
+        self._learning = True
+
+        def learnt(_line: bytes, untagged: list[bytes]) -> None:
+            self._learning = False
+            self.hooks.learn_mailboxes([line for line in untagged if untagged_kind(line) == "LIST"])
+            for line in untagged:  # whatever else came meanwhile is the client's
+                if untagged_kind(line) != "LIST":
+                    self._to_client(line)
+            resume()
+
+        self._inject(b'LIST "" "*"', "LIST", learnt)
 
     def _send_message(self, tag: bytes, message: Message) -> None:
         """Send a message the proxy built, minding the upstream's literal support."""

@@ -114,6 +114,21 @@ class RuleHooks:
     def wants_whole(self, name: str) -> bool:
         return name in self.rules.held_commands
 
+    def wants_head(self, name: str) -> bool:
+        """Rules rewrite this command's first argument; the rest (a message) streams."""
+        return name in self.rules.head_commands
+
+    def wants_mailbox_list(self, command: Command) -> bool:
+        return self.rules.wants_mailbox_list(command)
+
+    def learn_mailboxes(self, lines: list[bytes]) -> None:
+        """The untagged replies to the proxy's own LIST: remembered, not relayed."""
+        for line in lines:
+            try:
+                self.rules.learn(parse_response(Message.from_line(line)))
+            except ProtocolError:
+                continue
+
     def on_command(
         self, command: Command
     ) -> tuple[Command | LocalAnswer | Emulate, list[ev.Event]]:
@@ -130,7 +145,8 @@ class RuleHooks:
         return kind in self.rules.response_kinds
 
     def rewrite_response(self, line: bytes) -> tuple[bytes, list[ev.Event]]:
-        """A one-line untagged response after the rules; unparseable lines pass unchanged."""
+        """A one-line untagged response after the rules (b"" when dropped); unparseable
+        lines pass unchanged."""
         return self.rewrite_message(Message.from_line(line))
 
     def rewrite_message(self, message: Message) -> tuple[bytes, list[ev.Event]]:
@@ -141,6 +157,8 @@ class RuleHooks:
         rewritten, applied = self.rules.on_response(response)
         if not applied:
             return message.to_bytes(), []
+        if rewritten is None:  # dropped: the client does not see it
+            return b"", self._record(applied)
         return encode_response(rewritten).to_bytes(), self._record(applied)
 
     def hold(self, kind: str, line: bytes, running: Collection[str]) -> list[ev.Event] | None:

@@ -75,6 +75,10 @@ class CommandTracker:
         """Names of the client's commands in flight (a few at most: no caching needed)."""
         return [c.name for queue in self._by_tag.values() for c in queue if not c.injected]
 
+    def client_tags(self) -> list[tuple[bytes, str]]:
+        """(tag, name) of the client's commands in flight, oldest first."""
+        return [(c.tag, c.name) for queue in self._by_tag.values() for c in queue if not c.injected]
+
     def injected(self) -> list[InFlight]:
         return [c for queue in self._by_tag.values() for c in queue if c.injected]
 

@@ -44,9 +44,8 @@ def test_a_valid_reload_swaps_rules_and_fingerprints_together(rules_dir: Path) -
     assert before.fingerprints is not None and "apple-mail" in before.fingerprints.families
 
     (rules_dir / "extra.yaml").write_text(EXTRA_RULE)
-    fingerprints = (rules_dir / FINGERPRINT_FILE).read_text()
-    (rules_dir / FINGERPRINT_FILE).write_text(fingerprints.replace("apple-mail", "mac-mail"))
-    # The packaged thunderbird rules still name families that exist: the set is complete.
+    for path in rules_dir.glob("*.yaml"):  # the definitions and the rules that name it
+        path.write_text(path.read_text().replace("apple-mail", "mac-mail"))
     after = store.reload()
 
     assert store.current is after and store.generation == 2

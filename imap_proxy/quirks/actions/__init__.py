@@ -10,7 +10,9 @@ Adding an action type means a model in `quirks.model` and a class registered her
 from __future__ import annotations
 
 from imap_proxy.quirks.actions.base import (
+    DROP,
     Action,
+    Drop,
     Emulate,
     EmulationAnswer,
     LocalAnswer,
@@ -20,6 +22,7 @@ from imap_proxy.quirks.actions.base import (
     UpstreamCommand,
 )
 from imap_proxy.quirks.actions.capabilities import AnswerId, ShapeCapabilities
+from imap_proxy.quirks.actions.folders import MapSpecialFolders, SynthesizeSpecialUse, Xlist
 from imap_proxy.quirks.actions.mailboxes import (
     LsubNoselect,
     LsubSpecialUse,
@@ -35,13 +38,18 @@ from imap_proxy.quirks.model import (
     HoldUntaggedAction,
     LsubNoselectAction,
     LsubSpecialUseAction,
+    MapSpecialFoldersAction,
     MoveEmulationAction,
     StripTrailingSeparatorAction,
     StubFetchAction,
+    SynthesizeSpecialUseAction,
+    XlistAction,
 )
 
 __all__ = [
+    "DROP",
     "Action",
+    "Drop",
     "Emulate",
     "EmulationAnswer",
     "LocalAnswer",
@@ -71,4 +79,10 @@ def build_action(rule_id: str, spec: ActionSpec) -> Action:
             return EmulateMove(rule_id, spec)
         case StubFetchAction():
             return StubFetch(rule_id, spec)
+        case MapSpecialFoldersAction():
+            return MapSpecialFolders(rule_id, spec)
+        case SynthesizeSpecialUseAction():
+            return SynthesizeSpecialUse(rule_id, spec)
+        case XlistAction():
+            return Xlist(rule_id, spec)
     raise TypeError(f"no implementation for action {spec!r}")  # pragma: no cover

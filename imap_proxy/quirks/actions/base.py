@@ -19,6 +19,12 @@ first line of each untagged response of the kinds in `observes` (never a literal
 bodies stream on) and may keep a whole one-line response back; `on_tagged` sees the
 tagged completion of each client command (when `watches_tagged`) and returns a
 `TaggedOutcome`: lines to send before it, a replacement for it, or a BYE instead.
+
+Commands in `head_commands` (APPEND) reach `on_command` as soon as their first argument is
+complete: their last argument is then the message literal still to stream
+(`LiteralString(None)`). Response hooks may also return `DROP` (the client does not see
+the response). An action with `wants_mailbox_list(command)` true makes the session learn
+the mailbox list (`LIST "" "*"`, shown to `learn_list` only) before the command goes on.
 """
 
 from __future__ import annotations
@@ -38,6 +44,14 @@ if TYPE_CHECKING:
 @dataclass(frozen=True, slots=True)
 class Rewrite:
     command: Command
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """From a response hook: the client must not see this response at all."""
+
+
+DROP = Drop()
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +127,7 @@ class TaggedOutcome:
 class Action:
     kind: ClassVar[str] = "action"
     commands: frozenset[str] = frozenset()
+    head_commands: frozenset[str] = frozenset()
     responses: frozenset[str] = frozenset()
     holds_untagged: ClassVar[bool] = False  # overrides holds()/releases_before()
     observes: frozenset[str] = frozenset()  # untagged kinds whose first line it sees
@@ -129,8 +144,11 @@ class Action:
     ) -> Rewrite | LocalAnswer | Emulate | None:
         return None
 
-    def on_response(self, response: Response, view: SessionView) -> Response | None:
+    def on_response(self, response: Response, view: SessionView) -> Response | Drop | None:
         return None
+
+    def wants_mailbox_list(self, command: Command, view: SessionView) -> bool:
+        return False
 
     def holds(self, kind: str, running: Collection[str]) -> bool:
         return False

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from imap_proxy.quirks.actions.base import Action, LocalAnswer, Rewrite
+from imap_proxy.quirks.foldermap import FolderRoles
 from imap_proxy.quirks.model import (
     LsubNoselectAction,
     LsubSpecialUseAction,
@@ -110,14 +111,14 @@ class LsubSpecialUse(Action):
 
     def __init__(self, rule_id: str, spec: LsubSpecialUseAction) -> None:
         super().__init__(rule_id)
-        self.folders = {name.encode(): attr for name, attr in spec.folders.items()}
+        self.folders = FolderRoles(spec.folders)  # matched as foldermap keys: INBOX., mUTF-7
 
     def on_response(self, response: Response, view: SessionView) -> Response | None:
         if not isinstance(response, ListData) or response.kind != "LSUB":
             return None
         known = view.mailbox_attributes.get(response.mailbox, frozenset())
         extra = sorted(_canonical(a) for a in known & SPECIAL_USE)
-        mapped = self.folders.get(response.mailbox)
+        mapped = self.folders.attribute(response.mailbox, response.delimiter or view.delimiter)
         if mapped is not None:
             extra.append(mapped)
         return _with_attributes(response, extra)
