@@ -192,13 +192,22 @@ def render_rules_reference(ruleset: RuleSet) -> str:
             out.append(f"- action `{action.type}`: {shown}")
         evidence = rule.evidence
         silent_upstream = evidence.silent_upstream or evidence.upstream
+        silent_faults = (
+            evidence.faults if evidence.silent_faults is None else evidence.silent_faults
+        )
         out.append(
-            f"- fires on `{evidence.fires}` ({evidence.upstream} upstream); silent on "
-            f"`{evidence.silent}` ({silent_upstream} upstream)"
+            f"- fires on `{evidence.fires}` ({evidence.upstream} upstream"
+            f"{_with_faults(evidence.faults)}); silent on "
+            f"`{evidence.silent}` ({silent_upstream} upstream{_with_faults(silent_faults)})"
         )
         if rule.references:
             out.append("- references: " + "; ".join(rule.references))
     return "\n".join(out) + "\n"
+
+
+def _with_faults(faults: list[str]) -> str:
+    """How an evidence replay's injected upstream anomalies read in the reference."""
+    return " with injected " + ", ".join(faults) if faults else ""
 
 
 def _command_docs(args: argparse.Namespace) -> int:

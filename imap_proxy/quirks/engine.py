@@ -12,7 +12,9 @@ changes, so a rule applies from the moment its match holds. The hooks are:
 * `on_command(cmd)`         - rewrite a command, or answer it locally;
 * `response_kinds`          - untagged kinds an action wants parsed (LIST, LSUB, …);
 * `on_response(resp)`       - rewrite an untagged response;
-* `holds()/releases_before()` - hold untagged data until a point it may be delivered.
+* `holds()/releases_before()` - hold untagged data until a point it may be delivered;
+* `ignores_empty_lines()`, `after_login()`, `upstream_tag(tag)` - drop bare CRLF lines,
+  commands to send upstream after login, the tag a client command gets upstream.
 
 Every hook that changes something returns the (rule id, action type) pairs applied, so
 the session can record them (logs, metrics).
@@ -24,7 +26,7 @@ import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
-from imap_proxy.quirks.actions import Action, LocalAnswer, Rewrite, build_action
+from imap_proxy.quirks.actions import Action, Emulate, LocalAnswer, Rewrite, build_action
 from imap_proxy.quirks.model import Match, Rule, RuleSet
 from imap_proxy.wire.command import Command
 from imap_proxy.wire.response import ListData, Response
@@ -45,6 +47,9 @@ class SessionView:
     upstream_capabilities: list[str] = field(default_factory=list)
     greeting: bytes = b""
     delimiter: bytes | None = None
+    # A login succeeded: the upstream's capabilities are what it listed after login (its
+    # [CAPABILITY] code), else what it listed before; the latter may be partial.
+    authenticated: bool = False
     mailbox_attributes: dict[bytes, frozenset[str]] = field(default_factory=dict)
 
     def has_upstream(self, capability: str) -> bool:
@@ -104,6 +109,7 @@ class SessionRules:
         self.held_commands: frozenset[str] = frozenset()
         self.response_kinds: frozenset[str] = frozenset()
         self.watches_untagged = False
+        self.maps_tags = False
         self.refresh()
 
     @property
@@ -121,9 +127,8 @@ class SessionRules:
         self.held_commands = frozenset(name for a in active for name in a.commands)
         self.response_kinds = frozenset(kind for a in active for kind in a.responses)
         # Untagged lines (every FETCH response) are looked at only when an action cares.
-        self.watches_untagged = bool(self.response_kinds) or any(
-            a.holds_untagged for a in active
-        )
+        self.watches_untagged = bool(self.response_kinds) or any(a.holds_untagged for a in active)
+        self.maps_tags = any(a.maps_tags for a in active)
 
     def capabilities(self, caps: list[str]) -> tuple[list[str], list[Applied]]:
         applied: list[Applied] = []
@@ -134,19 +139,45 @@ class SessionRules:
             caps = shaped
         return caps, applied
 
-    def on_command(self, command: Command) -> tuple[Command | LocalAnswer, list[Applied]]:
-        """The command to send (maybe rewritten), or a local answer; and what applied."""
+    def on_command(self, command: Command) -> tuple[Command | LocalAnswer | Emulate, list[Applied]]:
+        """The command to send (maybe rewritten), or a local answer or emulation; and what
+        applied."""
         applied: list[Applied] = []
         for action in self.active:
             if command.name not in action.commands:
                 continue
             outcome = action.on_command(command, self.view)
-            if isinstance(outcome, LocalAnswer):
+            if isinstance(outcome, LocalAnswer | Emulate):
                 return outcome, [*applied, (action.rule_id, action.kind)]
             if isinstance(outcome, Rewrite):
                 command = outcome.command
                 applied.append((action.rule_id, action.kind))
         return command, applied
+
+    def wants_line(self, kind: str, line: bytes) -> bool:
+        """Whether any active action wants this untagged line (of a wanted kind) parsed."""
+        return any(
+            kind in action.responses and action.wants_line(kind, line) for action in self.active
+        )
+
+    def ignores_empty_lines(self) -> Action | None:
+        return next((a for a in self.active if a.ignores_empty_lines), None)
+
+    def after_login(self) -> list[tuple[Applied, bytes]]:
+        """Commands the active rules send upstream once a login succeeded."""
+        return [
+            ((action.rule_id, action.kind), command)
+            for action in self.active
+            for command in action.after_login(self.view)
+        ]
+
+    def upstream_tag(self, tag: bytes) -> tuple[bytes, list[Applied]]:
+        for action in self.active:
+            if action.maps_tags:
+                mapped = action.upstream_tag(tag)
+                if mapped is not None and mapped != tag:
+                    return mapped, [(action.rule_id, action.kind)]
+        return tag, []
 
     def on_response(self, response: Response) -> tuple[Response, list[Applied]]:
         if isinstance(response, ListData):

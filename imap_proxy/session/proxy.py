@@ -35,7 +35,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from imap_proxy.quirks.actions import LocalAnswer
+from imap_proxy.quirks.actions import Emulate, LocalAnswer
 from imap_proxy.session import events as ev
 from imap_proxy.session.auth import login_user, sasl_user
 from imap_proxy.session.capabilities import (
@@ -101,6 +101,7 @@ class _ClientMessage:
     lines: list[bytes] = field(default_factory=list)
     literals: list[bytes | None] = field(default_factory=list)
     literal: bytearray | None = None
+    upstream_tag: bytes | None = None  # set when a rule sends it upstream under another tag
 
     def message(self) -> Message:
         return Message(tuple(self.lines), tuple(self.literals))
@@ -159,6 +160,7 @@ class ProxySession:
         self._draining = False
         self._upstream_bye = False
         self._up_held: _HeldResponse | None = None  # an untagged response a rule wants whole
+        self._tags_back: dict[bytes, list[bytes]] = {}  # upstream tag -> client tags (FIFO)
 
     # ----------------------------------------------------------------- properties
 
@@ -380,11 +382,31 @@ class ProxySession:
             return
         tag, _, rest = line.partition(b" ")
         status = rest.split(b" ", 1)[0].rstrip(b"\r\n").upper().decode("ascii", "replace")
+        if self._tags_back:
+            tag, part = self._client_tag_of(tag, part)
         command = self._tracker.get(tag)
         if command is None:
             self._relay_line(part)  # not ours to understand: pass it on unchanged
             return
         self._tagged(command, part, status)
+
+    def _client_tag_of(self, tag: bytes, part: LinePart) -> tuple[bytes, LinePart]:
+        """A tagged response under a tag a rule gave the command upstream: the client's."""
+        waiting = self._tags_back.get(tag)
+        if not waiting:
+            return tag, part
+        client_tag = waiting.pop(0)
+        if not waiting:
+            del self._tags_back[tag]
+        return client_tag, LinePart(client_tag + part.raw[len(tag) :], part.literal)
+
+    def _retag(self, msg: _ClientMessage, line: bytes) -> bytes:
+        """The first line of a client command, under the tag a rule chose for upstream."""
+        upstream_tag, msg.upstream_tag = msg.upstream_tag, None
+        if upstream_tag is None or not line.startswith(msg.tag + b" "):
+            return line
+        self._tags_back.setdefault(upstream_tag, []).append(msg.tag)
+        return upstream_tag + line[len(msg.tag) :]
 
     def _relay_line(self, part: LinePart, line: bytes | None = None) -> None:
         self._out.append(ev.SendToClient(part.raw if line is None else line))
@@ -395,7 +417,9 @@ class ProxySession:
 
     def _untagged(self, part: LinePart) -> None:
         line = part.raw
-        if self._tracker.has_injected and self._tracker.client_commands() == 0:
+        if self._tracker.has_injected and (
+            self._tracker.client_commands() == 0 or self._injected_claims(line)
+        ):
             injected = self._tracker.injected()
             # Only our own commands are in flight: their untagged data is theirs.
             if part.literal is None:
@@ -414,7 +438,7 @@ class ProxySession:
             released = self.hooks.release_before_untagged(kind)
             if released:
                 self._out.append(ev.SendToClient(released))
-            if self.hooks.wants_response(kind):
+            if self.hooks.wants_response(kind, line):
                 if part.literal is not None:
                     self._hold_response(part)
                     return
@@ -426,6 +450,12 @@ class ProxySession:
                 self.upstream_capabilities = caps
                 line = rewrite_capability_line(line, self.client_capabilities())
         self._relay_line(part, line)
+
+    def _injected_claims(self, line: bytes) -> bool:
+        """`* ID` data answers an ID the proxy sent, even while client commands run."""
+        return line[2:5].upper() == b"ID " and any(
+            command.name == "ID" for command in self._tracker.injected()
+        )
 
     def _hold_response(self, part: LinePart) -> None:
         """Keep a multi-part untagged response until it is complete, for the rules."""
@@ -496,6 +526,10 @@ class ProxySession:
             if caps is not None:
                 self.upstream_capabilities = caps
                 line = rewrite_capability_line(line, self.client_capabilities())
+        if logged_in and self.state is ProtocolState.AUTHENTICATED:
+            for text, applied in self.hooks.after_login():
+                self._out += applied
+                self._inject(text, text.split(b" ", 1)[0].decode("ascii").upper(), _consume)
         released = self.hooks.release_before_completion(command.name)
         if released:
             self._out.append(ev.SendToClient(released))
@@ -653,6 +687,11 @@ class ProxySession:
 
     def _start_command(self, part: LinePart) -> None:
         peeked = peek_command(part.raw)
+        if peeked is None and part.literal is None and not part.raw.strip():
+            ignored = self.hooks.empty_line_ignored()
+            if ignored is not None:
+                self._out += ignored  # a rule drops bare CRLF lines (Q24)
+                return
         if peeked is None:
             # No tag we can track (an empty line, garbage): the upstream answers it.
             self._msg = _ClientMessage(b"", "OTHER", _Mode.STREAM)
@@ -661,6 +700,11 @@ class ProxySession:
         tag, name = peeked
         msg = _ClientMessage(tag, name, _Mode.STREAM)
         self._msg = msg
+        if self.hooks.rules.maps_tags:
+            msg.upstream_tag, applied = self.hooks.upstream_tag(tag)
+            if msg.upstream_tag == tag:
+                msg.upstream_tag = None
+            self._out += applied
         self._out.append(ev.CommandStarted(tag.decode("ascii", "replace"), name))
         authenticated = self.state is not ProtocolState.NOT_AUTHENTICATED
         self._out += self.hooks.command_started(tag, name, part.raw, authenticated)
@@ -705,6 +749,8 @@ class ProxySession:
             self._hold_line(msg, part)
             return
         raw = part.raw
+        if msg.upstream_tag is not None:
+            raw = self._retag(msg, raw)
         if literal is not None and not literal.synchronizing and not self._upstream_takes(literal):
             # The upstream lacks LITERAL+: send a synchronizing literal and hold the
             # client's data in the framer until the upstream's `+` arrives.
@@ -840,6 +886,9 @@ class ProxySession:
         if isinstance(outcome, LocalAnswer):
             self._answer(msg.tag, msg.name, outcome.status_text, untagged=outcome.untagged)
             return
+        if isinstance(outcome, Emulate):
+            self._emulate(msg.tag, msg.name, outcome)
+            return
         outgoing: Message | None
         if msg.name == "ID":
             outgoing = rewrite_id_command(outcome, message, self.settings)
@@ -851,7 +900,23 @@ class ProxySession:
             self._answer(msg.tag, msg.name, b"BAD Invalid ID arguments")
             return
         self._tracker.add(InFlight(msg.tag, msg.name))
+        if msg.upstream_tag is not None:
+            lines = (self._retag(msg, outgoing.lines[0]), *outgoing.lines[1:])
+            outgoing = Message(lines, outgoing.literals)
         self._send_message(msg.tag, outgoing)
+
+    def _emulate(self, tag: bytes, name: str, emulation: Emulate) -> None:
+        """The proxy's own command stands in for the client's; answer from its outcome."""
+
+        def done(line: bytes, _untagged: list[bytes]) -> None:
+            if _status_of(line) == b"BAD":
+                self._answer(tag, name, emulation.bad_text)
+            else:
+                self.state = next_state(self.state, name, "OK")
+                self._answer(tag, name, emulation.status_text)
+            self._drain_if_quiet()
+
+        self._inject(emulation.command, emulation.name, done)
 
     def _send_message(self, tag: bytes, message: Message) -> None:
         """Send a message the proxy built, minding the upstream's literal support."""
@@ -876,6 +941,10 @@ class ProxySession:
         self._to_upstream(part)
         if self._proxy_parts:
             self._await = _Await.PROXY_LITERAL
+
+
+def _consume(_line: bytes, _untagged: list[bytes]) -> None:
+    """The answer to a command the proxy sent for its own reasons: nobody needs it."""
 
 
 def _status_of(line: bytes) -> bytes:

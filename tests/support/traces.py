@@ -4,7 +4,9 @@ How this works: a trace (tests/rules/traces/*.txt) is what one client sends, one
 a line, in the transcript format of `transcript.py` restricted to what a client does:
 
     C: 58 login {user} {password}   a command; {user}, {password} and {sasl_plain} (the
-                                     AUTHENTICATE PLAIN initial response) are filled in
+                                     AUTHENTICATE PLAIN initial response) are filled in;
+                                     {crlf} is a bare CRLF sent just before the command
+                                     (iOS Mail's empty lines)
     X: append INBOX                  set-up done directly on Dovecot at that point:
                                      `append MAILBOX`, `subscribe MAILBOX`,
                                      `stale-subscription NAME` (NAME.Child exists,
@@ -58,6 +60,7 @@ def _fill(text: str, user: MailUser) -> str:
         text.replace("{user}", user.name)
         .replace("{password}", user.password)
         .replace("{sasl_plain}", plain)
+        .replace("{crlf}", "\r\n")
     )
 
 
@@ -94,7 +97,7 @@ def run_trace(
                 _setup(text, upstream, user)
                 continue
             line = _fill(text, user)
-            tag = line.split(" ", 1)[0].encode()
+            tag = line.rsplit("\r\n", 1)[-1].split(" ", 1)[0].encode()
             raw.send(line.encode() + b"\r\n")
             idle = line.upper().endswith(" IDLE")
             while True:

@@ -9,25 +9,46 @@ Adding an action type means a model in `quirks.model` and a class registered her
 
 from __future__ import annotations
 
-from imap_proxy.quirks.actions.base import Action, LocalAnswer, Rewrite
+from imap_proxy.quirks.actions.base import Action, Emulate, LocalAnswer, Rewrite
 from imap_proxy.quirks.actions.capabilities import AnswerId, ShapeCapabilities
+from imap_proxy.quirks.actions.clients import ShedBackgroundLoad
 from imap_proxy.quirks.actions.mailboxes import (
     LsubNoselect,
     LsubSpecialUse,
     StripTrailingSeparator,
 )
+from imap_proxy.quirks.actions.robustness import (
+    DropFetchModifier,
+    EmptyPartialFetch,
+    IgnoreEmptyLines,
+    NormalizeBodyStructure,
+    UntaggedStatusText,
+)
+from imap_proxy.quirks.actions.servergaps import AnswerEnable, AnswerNamespace, EmulateUnselect
 from imap_proxy.quirks.actions.untagged import HoldUntagged
+from imap_proxy.quirks.actions.upstream import PrefixNumericTags, SendIdUpstream
 from imap_proxy.quirks.model import (
     ActionSpec,
+    AnswerEnableAction,
     AnswerIdAction,
+    AnswerNamespaceAction,
     CapabilitiesAction,
+    DropFetchModifierAction,
+    EmptyPartialFetchAction,
+    EmulateUnselectAction,
     HoldUntaggedAction,
+    IgnoreEmptyLinesAction,
     LsubNoselectAction,
     LsubSpecialUseAction,
+    NormalizeBodyStructureAction,
+    PrefixNumericTagsAction,
+    SendIdUpstreamAction,
+    ShedBackgroundLoadAction,
     StripTrailingSeparatorAction,
+    UntaggedStatusTextAction,
 )
 
-__all__ = ["Action", "LocalAnswer", "Rewrite", "build_action"]
+__all__ = ["Action", "Emulate", "LocalAnswer", "Rewrite", "build_action"]
 
 
 def build_action(rule_id: str, spec: ActionSpec) -> Action:
@@ -44,4 +65,26 @@ def build_action(rule_id: str, spec: ActionSpec) -> Action:
             return LsubSpecialUse(rule_id, spec)
         case HoldUntaggedAction():
             return HoldUntagged(rule_id, spec)
+        case AnswerNamespaceAction():
+            return AnswerNamespace(rule_id, spec)
+        case AnswerEnableAction():
+            return AnswerEnable(rule_id, spec)
+        case EmulateUnselectAction():
+            return EmulateUnselect(rule_id, spec)
+        case IgnoreEmptyLinesAction():
+            return IgnoreEmptyLines(rule_id, spec)
+        case DropFetchModifierAction():
+            return DropFetchModifier(rule_id, spec)
+        case UntaggedStatusTextAction():
+            return UntaggedStatusText(rule_id, spec)
+        case EmptyPartialFetchAction():
+            return EmptyPartialFetch(rule_id, spec)
+        case NormalizeBodyStructureAction():
+            return NormalizeBodyStructure(rule_id, spec)
+        case ShedBackgroundLoadAction():
+            return ShedBackgroundLoad(rule_id, spec)
+        case SendIdUpstreamAction():
+            return SendIdUpstream(rule_id, spec)
+        case PrefixNumericTagsAction():
+            return PrefixNumericTags(rule_id, spec)
     raise TypeError(f"no implementation for action {spec!r}")  # pragma: no cover

@@ -3,8 +3,10 @@
 How this works: the engine calls only the hooks an action declared interest in
 (`commands`, `responses`) or that every action has (`capabilities`, `holds`,
 `releases_before`). Command hooks return a `Rewrite` (send this command instead) or a
-`LocalAnswer` (the proxy answers; nothing goes upstream); response hooks return the new
-response, or None for "unchanged".
+`LocalAnswer` (the proxy answers; nothing goes upstream) or an `Emulate` (the proxy sends
+its own command instead and answers from its outcome); response hooks return the new
+response, or None for "unchanged". `after_login` and `upstream_tag` are hooks for rules
+about the upstream's own needs (an ID after login, tag shapes).
 """
 
 from __future__ import annotations
@@ -33,11 +35,25 @@ class LocalAnswer:
     status_text: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Emulate:
+    """Send `command` (without a tag: the session gives it one of its own) upstream in
+    place of the client's, consume its answer, then answer the client `status_text`,
+    or `bad_text` if the upstream answered BAD (its command was not run at all)."""
+
+    command: bytes
+    name: str
+    status_text: bytes
+    bad_text: bytes
+
+
 class Action:
     kind: ClassVar[str] = "action"
     commands: frozenset[str] = frozenset()
     responses: frozenset[str] = frozenset()
     holds_untagged: ClassVar[bool] = False  # overrides holds()/releases_before()
+    ignores_empty_lines: ClassVar[bool] = False  # the session drops bare CRLF lines
+    maps_tags: ClassVar[bool] = False  # overrides upstream_tag()
 
     def __init__(self, rule_id: str) -> None:
         self.rule_id = rule_id
@@ -45,10 +61,24 @@ class Action:
     def capabilities(self, caps: list[str], view: SessionView) -> list[str]:
         return caps
 
-    def on_command(self, command: Command, view: SessionView) -> Rewrite | LocalAnswer | None:
+    def on_command(
+        self, command: Command, view: SessionView
+    ) -> Rewrite | LocalAnswer | Emulate | None:
         return None
 
+    def wants_line(self, kind: str, line: bytes) -> bool:
+        """Whether this untagged line (first line of the response) is worth parsing."""
+        return True
+
     def on_response(self, response: Response, view: SessionView) -> Response | None:
+        return None
+
+    def after_login(self, view: SessionView) -> list[bytes]:
+        """Commands (without tags) to send upstream once a login succeeded."""
+        return []
+
+    def upstream_tag(self, tag: bytes) -> bytes | None:
+        """The tag to use upstream for this client tag; None keeps it."""
         return None
 
     def holds(self, kind: str, running: Collection[str]) -> bool:

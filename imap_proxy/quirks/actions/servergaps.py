@@ -1,0 +1,110 @@
+"""Commands the upstream lacks, answered or emulated by the proxy: NAMESPACE, ENABLE,
+UNSELECT.
+
+How this works: each action acts only after login, when the upstream's capabilities
+(from the login's [CAPABILITY] code, else those listed before) lack the command
+(the rule's match says so too; the action checks again, as the list changes at login).
+It then advertises what it backs and answers the command itself:
+* `AnswerNamespace`: `* NAMESPACE (("prefix" "delim")) NIL NIL` with the delimiter a LIST
+  response of this session showed, else the rule's `delimiter` (new Outlook sends
+  NAMESPACE right after login and gives up the account on NO/BAD, Q18).
+* `AnswerEnable`: `* ENABLED` naming nothing, then OK - nothing is claimed that is not
+  backed (RFC 5161 §3.1: the server lists only what it enabled).
+* `EmulateUnselect`: UNSELECT without CLOSE (CLOSE expunges, Q34): the proxy sends its own
+  `EXAMINE` of a mailbox that cannot exist; a failed EXAMINE leaves no mailbox selected
+  (RFC 3501 §6.3.2), which is what UNSELECT means, so the client gets OK.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from imap_proxy.quirks.actions.base import Action, Emulate, LocalAnswer, Rewrite
+from imap_proxy.quirks.model import AnswerEnableAction, AnswerNamespaceAction, EmulateUnselectAction
+from imap_proxy.wire.command import Command
+from imap_proxy.wire.encode import encode_mailbox, encode_untagged
+from imap_proxy.wire.syntax import Nil, ParenList, Quoted
+
+if TYPE_CHECKING:
+    from imap_proxy.quirks.engine import SessionView
+
+
+def _with(caps: list[str], name: str) -> list[str]:
+    if any(cap.upper() == name for cap in caps):
+        return caps
+    return [*caps, name]
+
+
+class _ServerGap(Action):
+    """An action for one capability the upstream lacks."""
+
+    capability = ""
+
+    def __init__(self, rule_id: str, advertise: bool) -> None:
+        super().__init__(rule_id)
+        self.advertise = advertise
+
+    def capabilities(self, caps: list[str], view: SessionView) -> list[str]:
+        if not self.advertise or self.backed_upstream(view):
+            return caps
+        return _with(caps, self.capability)
+
+    def backed_upstream(self, view: SessionView) -> bool:
+        """True unless the upstream's capabilities after login lack the command. Before
+        login an upstream lists only part of what it has (Dovecot adds NAMESPACE,
+        UNSELECT, … after login), and these commands need a login anyway: until then the
+        upstream answers them."""
+        return not view.authenticated or view.has_upstream(self.capability)
+
+
+class AnswerNamespace(_ServerGap):
+    kind = "answer_namespace"
+    capability = "NAMESPACE"
+    commands = frozenset({"NAMESPACE"})
+    responses = frozenset({"LIST"})  # observed only: it tells the upstream's delimiter
+
+    def __init__(self, rule_id: str, spec: AnswerNamespaceAction) -> None:
+        super().__init__(rule_id, spec.advertise)
+        self.prefix = spec.prefix.encode()
+        self.delimiter = spec.delimiter.encode()
+
+    def reply(self, view: SessionView) -> bytes:
+        delimiter = view.delimiter or self.delimiter
+        personal = ParenList((ParenList((Quoted(self.prefix), Quoted(delimiter))),))
+        return encode_untagged("NAMESPACE", [personal, Nil(), Nil()]).to_bytes()
+
+    def on_command(self, command: Command, view: SessionView) -> Rewrite | LocalAnswer | None:
+        if self.backed_upstream(view):
+            return None
+        return LocalAnswer(self.reply(view), b"OK NAMESPACE completed")
+
+
+class AnswerEnable(_ServerGap):
+    kind = "answer_enable"
+    capability = "ENABLE"
+    commands = frozenset({"ENABLE"})
+
+    def __init__(self, rule_id: str, spec: AnswerEnableAction) -> None:
+        super().__init__(rule_id, spec.advertise)
+
+    def on_command(self, command: Command, view: SessionView) -> Rewrite | LocalAnswer | None:
+        if self.backed_upstream(view):
+            return None
+        return LocalAnswer(b"* ENABLED\r\n", b"OK ENABLE completed")
+
+
+class EmulateUnselect(_ServerGap):
+    kind = "emulate_unselect"
+    capability = "UNSELECT"
+    commands = frozenset({"UNSELECT"})
+
+    def __init__(self, rule_id: str, spec: EmulateUnselectAction) -> None:
+        super().__init__(rule_id, spec.advertise)
+        token, literal = encode_mailbox(spec.mailbox.encode())
+        assert literal is None  # printable ASCII only (the model's pattern)
+        self.examine = b"EXAMINE " + token
+
+    def on_command(self, command: Command, view: SessionView) -> Emulate | None:
+        if self.backed_upstream(view) or command.args:
+            return None  # UNSELECT takes no arguments: the upstream may say BAD itself
+        return Emulate(self.examine, "EXAMINE", b"OK UNSELECT completed", b"BAD UNSELECT failed")
