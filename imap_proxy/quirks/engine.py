@@ -154,6 +154,12 @@ class SessionRules:
                 applied.append((action.rule_id, action.kind))
         return command, applied
 
+    def wants_command(self, name: str, line: bytes) -> bool:
+        """Whether any active action wants this command (by its first line) held whole."""
+        return any(
+            name in action.commands and action.wants_command_line(line) for action in self.active
+        )
+
     def wants_line(self, kind: str, line: bytes) -> bool:
         """Whether any active action wants this untagged line (of a wanted kind) parsed."""
         return any(

@@ -716,7 +716,7 @@ class ProxySession:
         elif name in AUTH_COMMANDS and self.settings.require_tls and not self._client_tls:
             msg.mode = _Mode.DISCARD
             self._answer(tag, name, _PRIVACY_REQUIRED)
-        elif name == "ID" or self.hooks.wants_whole(name):
+        elif name == "ID" or self.hooks.wants_whole(name, part.raw):
             msg.mode = _Mode.HOLD
         else:
             msg.capture = name in AUTH_COMMANDS

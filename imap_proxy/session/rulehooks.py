@@ -111,8 +111,11 @@ class RuleHooks:
         shaped, applied = self.rules.capabilities(caps)
         return shaped, self._record(applied)
 
-    def wants_whole(self, name: str) -> bool:
-        return name in self.rules.held_commands
+    def wants_whole(self, name: str, line: bytes | None = None) -> bool:
+        """Whether rules want this command held whole (and this first line, if given)."""
+        if name not in self.rules.held_commands:
+            return False
+        return line is None or self.rules.wants_command(name, line)
 
     def on_command(
         self, command: Command

@@ -308,3 +308,10 @@ def test_background_ids_are_shed_and_foreground_ones_forwarded() -> None:
     other = logged_in(["ios-background-shed"], MODERN)
     out = other.receive_from_client(b"b ID " + FOREGROUND + b"\r\n")
     assert to_upstream(out) == b"b ID " + FOREGROUND + b"\r\n" and applied(out) == []
+
+
+def test_only_fetches_naming_the_modifier_are_held() -> None:
+    session = logged_in(["drop-changedsince-zero"])
+    # Streamed as they come (a command the proxy's parser would refuse is the upstream's).
+    out = session.receive_from_client(b"c FETCH 1:5 (FLAGS\r\n")
+    assert to_upstream(out) == b"c FETCH 1:5 (FLAGS\r\n" and to_client(out) == b""

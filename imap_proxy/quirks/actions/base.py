@@ -66,6 +66,10 @@ class Action:
     ) -> Rewrite | LocalAnswer | Emulate | None:
         return None
 
+    def wants_command_line(self, line: bytes) -> bool:
+        """Whether a command of `commands` with this first line is worth holding whole."""
+        return True
+
     def wants_line(self, kind: str, line: bytes) -> bool:
         """Whether this untagged line (first line of the response) is worth parsing."""
         return True

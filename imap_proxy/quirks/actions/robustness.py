@@ -54,6 +54,10 @@ class DropFetchModifier(Action):
         self.modifier = spec.modifier.upper().encode()
         self.values = {value.encode() for value in spec.values}
 
+    def wants_command_line(self, line: bytes) -> bool:
+        # Every FETCH would otherwise be held and parsed; only those naming the modifier.
+        return self.modifier in line.upper()
+
     def on_command(self, command: Command, view: SessionView) -> Rewrite | LocalAnswer | None:
         # FETCH sequence-set items [modifiers]: modifiers are a third list argument.
         if len(command.args) != 3 or not isinstance(command.args[2], ParenList):
