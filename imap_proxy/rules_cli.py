@@ -200,6 +200,9 @@ def render_rules_reference(ruleset: RuleSet) -> str:
             f"{_with_faults(evidence.faults)}); silent on "
             f"`{evidence.silent}` ({silent_upstream} upstream{_with_faults(silent_faults)})"
         )
+        if evidence.replay_parameters:
+            shown = ", ".join(f"{k}={v!r}" for k, v in evidence.replay_parameters.items())
+            out.append(f"- evidence replayed with {shown}")
         if rule.references:
             out.append("- references: " + "; ".join(rule.references))
     return "\n".join(out) + "\n"

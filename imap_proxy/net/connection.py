@@ -16,6 +16,8 @@ the configuration (`session_settings()`), then runs five tasks in one nursery:
   them is written, wrap the stream in `trio.SSLStream`, shake hands, and tell the session;
 * a timer, whose cancel-scope deadline follows `session.idle_deadline_kind` (pre-auth or
   idle timeout, counted from the client's last activity); on expiry `session.timed_out()`.
+  While the client idles and a rule wants keepalives (`session.keepalive_interval`), the
+  timer also fires that long after the last byte to the client: `session.keepalive()`.
   The deadline is recomputed after every batch; an early wake-up just re-arms.
 
 Event handling is synchronous (it only queues), so the tasks never interleave inside it.
@@ -225,6 +227,7 @@ class ClientConnection:
         self._shutdown_requested = False
         self._wakeup = _Wakeup()
         self._timer_scope: trio.CancelScope | None = None
+        self._last_keepalive = -math.inf  # when a keepalive last went to an idling client
         self._last_activity = 0.0
         self._opened_at = 0.0
 
@@ -367,7 +370,7 @@ class ClientConnection:
     def _wake(self) -> None:
         self._wakeup.notify()
         if self._timer_scope is not None and not self._closing:
-            self._timer_scope.deadline = self._idle_deadline()
+            self._timer_scope.deadline = self._next_deadline()
 
     def _observe(self, event: ev.Observation) -> None:
         match event:
@@ -524,11 +527,25 @@ class ClientConnection:
             last = max(last, self._writers[_Side.CLIENT].last_write_at)
         return last + timeouts.idle
 
+    def _keepalive_deadline(self) -> float:
+        """When a rule wants a keepalive sent to a client in IDLE: after that long without
+        a byte to it (the session says how long, or None). A keepalive is no activity."""
+        interval = getattr(self._session, "keepalive_interval", None)
+        if interval is None:
+            return math.inf
+        last = max(self._last_activity, self._last_keepalive)
+        if _Side.CLIENT in self._writers:
+            last = max(last, self._writers[_Side.CLIENT].last_write_at)
+        return float(last + interval)
+
+    def _next_deadline(self) -> float:
+        return min(self._idle_deadline(), self._keepalive_deadline())
+
     async def _timer_loop(self) -> None:
         session = self._session
         assert session is not None
         while not self._closing:
-            with trio.CancelScope(deadline=self._idle_deadline()) as scope:
+            with trio.CancelScope(deadline=self._next_deadline()) as scope:
                 self._timer_scope = scope
                 await trio.sleep_forever()
             self._timer_scope = None
@@ -539,6 +556,11 @@ class ClientConnection:
                 self._last_activity = trio.current_time()  # no busy loop if it stays open
                 self._finish_as("timeout")
                 self._handle(session.timed_out())
+            elif trio.current_time() >= self._keepalive_deadline():
+                self._last_keepalive = trio.current_time()
+                keepalive = getattr(session, "keepalive", None)
+                if keepalive is not None:
+                    self._handle(keepalive())
 
     # ------------------------------------------------------------------- logs
 

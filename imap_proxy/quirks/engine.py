@@ -166,6 +166,10 @@ class SessionRules:
             kind in action.responses and action.wants_line(kind, line) for action in self.active
         )
 
+    def keepalive(self) -> Action | None:
+        """The action that keeps idling clients company, if one is active."""
+        return next((a for a in self.active if a.keepalive_interval is not None), None)
+
     def ignores_empty_lines(self) -> Action | None:
         return next((a for a in self.active if a.ignores_empty_lines), None)
 

@@ -250,6 +250,15 @@ class PrefixNumericTagsAction(_Strict):
     prefix: str = Field(default="A", pattern=r"^[A-Za-z]{1,4}$")
 
 
+class IdleKeepaliveAction(_Strict):
+    """Send `* OK <text>` to a client in IDLE after `interval` seconds without a byte to
+    it, for clients (Outlook) that drop connections that stay silent."""
+
+    type: Literal["idle_keepalive"]
+    interval: float = Field(default=120, ge=1, le=1500, description="seconds")
+    text: str = Field(default="Still here", min_length=1, pattern=r"^[\x20-\x7e]+$")
+
+
 ActionSpec = Annotated[
     CapabilitiesAction
     | AnswerIdAction
@@ -267,7 +276,8 @@ ActionSpec = Annotated[
     | NormalizeBodyStructureAction
     | ShedBackgroundLoadAction
     | SendIdUpstreamAction
-    | PrefixNumericTagsAction,
+    | PrefixNumericTagsAction
+    | IdleKeepaliveAction,
     Field(discriminator="type"),
 ]
 
@@ -290,6 +300,11 @@ class Evidence(_Strict):
         "this evidence (tests/support/faults.py), for rules about upstream misbehaviour",
     )
     silent_faults: list[str] | None = Field(default=None, description="default: `faults`")
+    replay_parameters: dict[str, float | int | str] = Field(
+        default_factory=dict,
+        description="action parameters changed for the evidence replays only (a timer's "
+        "interval shortened so the replay does not wait minutes)",
+    )
 
 
 class Rule(_Strict):

@@ -197,6 +197,23 @@ class ProxySession:
         return "idling" if self._role is _Role.IDLE_DONE else "idle"
 
     @property
+    def keepalive_interval(self) -> float | None:
+        """Seconds of silence towards a client in IDLE after which a rule wants
+        `keepalive()` called; None when no keepalive is due (not idling, no such rule)."""
+        if self._phase is not _Phase.RELAYING or self._role is not _Role.IDLE_DONE:
+            return None
+        action = self.hooks.rules.keepalive()
+        return None if action is None else action.keepalive_interval
+
+    def keepalive(self) -> list[ev.Event]:
+        """The keepalive timer fired: `* OK Still here` to a client still in IDLE."""
+        action = self.hooks.rules.keepalive()
+        if action is not None and self.keepalive_interval is not None:
+            self._to_client(action.keepalive_line)
+            self._out += self.hooks.record([(action.rule_id, action.kind)])
+        return self._take()
+
+    @property
     def client_tls(self) -> bool:
         return self._client_tls
 

@@ -141,6 +141,10 @@ class RuleHooks:
         mapped, applied = self.rules.upstream_tag(tag)
         return mapped, self._record(applied)
 
+    def record(self, applied: list[Applied]) -> list[ev.Event]:
+        """Report rule applications the session carried out itself (a keepalive)."""
+        return self._record(applied)
+
     def _record(self, applied: list[Applied]) -> list[ev.Event]:
         self.applied.update(applied)
         return [ev.RuleApplied(rule_id, action) for rule_id, action in applied]

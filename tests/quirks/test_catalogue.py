@@ -315,3 +315,22 @@ def test_only_fetches_naming_the_modifier_are_held() -> None:
     # Streamed as they come (a command the proxy's parser would refuse is the upstream's).
     out = session.receive_from_client(b"c FETCH 1:5 (FLAGS\r\n")
     assert to_upstream(out) == b"c FETCH 1:5 (FLAGS\r\n" and to_client(out) == b""
+
+
+def test_keepalive_only_while_the_client_idles_and_never_inside_a_message() -> None:
+    session = logged_in(["idle-keepalive"])
+    assert session.keepalive_interval is None
+    assert session.keepalive() == []
+    session.receive_from_client(b"i IDLE\r\n")
+    session.receive_from_upstream(b"+ idling\r\n")
+    assert session.keepalive_interval == 120
+    out = session.keepalive()
+    assert to_client(out) == b"* OK Still here\r\n" and applied(out) == ["idle-keepalive"]
+    # An untagged response with a literal is being relayed: the keepalive waits for its end.
+    session.receive_from_upstream(b"* 1 FETCH (BODY[] {3}\r\n")
+    assert to_client(session.keepalive()) == b""
+    out = session.receive_from_upstream(b"abc)\r\n")
+    assert to_client(out) == b"abc)\r\n* OK Still here\r\n"
+    session.receive_from_client(b"DONE\r\n")
+    session.receive_from_upstream(b"i OK done\r\n")
+    assert session.keepalive_interval is None

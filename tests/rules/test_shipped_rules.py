@@ -17,7 +17,7 @@ import pytest
 
 from imap_proxy.config import ProxyConfig
 from imap_proxy.quirks.fingerprint import FingerprintSet
-from imap_proxy.quirks.model import Rule, load_rules
+from imap_proxy.quirks.model import LoadedRule, Rule, RuleSet, load_rules
 from imap_proxy.quirks.store import QuirkSnapshot, RuleStore
 from imap_proxy.session import events as ev
 from tests.support.dovecot import DovecotInstance, MailUser
@@ -45,7 +45,7 @@ def _replay(
         if isinstance(event, ev.RuleApplied):
             fired.append(event)
 
-    store = RuleStore(QuirkSnapshot(SHIPPED.only([rule.id]), FingerprintSet.packaged()))
+    store = RuleStore(QuirkSnapshot(_alone(rule), FingerprintSet.packaged()))
     with ExitStack() as stack:
         port = upstream.port
         if faults:  # an upstream anomaly Dovecot lacks, injected in front of it
@@ -56,6 +56,23 @@ def _replay(
         proxy = stack.enter_context(running_proxy(config, observer=observe, rules=store))
         received = run_trace(load_trace(trace_name), proxy, upstream, user)
     return fired, received
+
+
+def _alone(rule: Rule) -> RuleSet:
+    """The rule alone and enabled, with its evidence's `replay_parameters` applied."""
+    chosen = SHIPPED.only([rule.id])
+    changes = rule.evidence.replay_parameters
+    if not changes:
+        return chosen
+    loaded = chosen.rules[0]
+    actions = [
+        action.model_copy(
+            update={k: v for k, v in changes.items() if k in type(action).model_fields}
+        )
+        for action in loaded.rule.actions
+    ]
+    replayed = loaded.rule.model_copy(update={"actions": actions})
+    return RuleSet((LoadedRule(replayed, loaded.source),), chosen.origin)
 
 
 @pytest.mark.parametrize("rule", RULES, ids=[rule.id for rule in RULES])

@@ -12,6 +12,7 @@ from __future__ import annotations
 from imap_proxy.quirks.actions.base import Action, Emulate, LocalAnswer, Rewrite
 from imap_proxy.quirks.actions.capabilities import AnswerId, ShapeCapabilities
 from imap_proxy.quirks.actions.clients import ShedBackgroundLoad
+from imap_proxy.quirks.actions.idle import IdleKeepalive
 from imap_proxy.quirks.actions.mailboxes import (
     LsubNoselect,
     LsubSpecialUse,
@@ -37,6 +38,7 @@ from imap_proxy.quirks.model import (
     EmptyPartialFetchAction,
     EmulateUnselectAction,
     HoldUntaggedAction,
+    IdleKeepaliveAction,
     IgnoreEmptyLinesAction,
     LsubNoselectAction,
     LsubSpecialUseAction,
@@ -87,4 +89,6 @@ def build_action(rule_id: str, spec: ActionSpec) -> Action:
             return SendIdUpstream(rule_id, spec)
         case PrefixNumericTagsAction():
             return PrefixNumericTags(rule_id, spec)
+        case IdleKeepaliveAction():
+            return IdleKeepalive(rule_id, spec)
     raise TypeError(f"no implementation for action {spec!r}")  # pragma: no cover

@@ -54,6 +54,8 @@ class Action:
     holds_untagged: ClassVar[bool] = False  # overrides holds()/releases_before()
     ignores_empty_lines: ClassVar[bool] = False  # the session drops bare CRLF lines
     maps_tags: ClassVar[bool] = False  # overrides upstream_tag()
+    keepalive_interval: float | None = None  # seconds of silence in IDLE before a keepalive
+    keepalive_line: bytes = b""
 
     def __init__(self, rule_id: str) -> None:
         self.rule_id = rule_id
