@@ -718,10 +718,11 @@ class ProxySession:
         msg = _ClientMessage(tag, name, _Mode.STREAM)
         self._msg = msg
         if self.hooks.rules.maps_tags:
-            msg.upstream_tag, applied = self.hooks.upstream_tag(tag)
-            if msg.upstream_tag == tag:
-                msg.upstream_tag = None
-            self._out += applied
+            upstream_tag, applied = self.hooks.upstream_tag(tag)
+            # Never a tag one of the client's own commands in flight carries upstream.
+            if upstream_tag != tag and self._tracker.get(upstream_tag) is None:
+                msg.upstream_tag = upstream_tag
+                self._out += applied
         self._out.append(ev.CommandStarted(tag.decode("ascii", "replace"), name))
         authenticated = self.state is not ProtocolState.NOT_AUTHENTICATED
         self._out += self.hooks.command_started(tag, name, part.raw, authenticated)

@@ -334,3 +334,11 @@ def test_keepalive_only_while_the_client_idles_and_never_inside_a_message() -> N
     session.receive_from_client(b"DONE\r\n")
     session.receive_from_upstream(b"i OK done\r\n")
     assert session.keepalive_interval is None
+
+
+def test_a_prefixed_tag_never_collides_with_a_client_tag_in_flight() -> None:
+    session = session_for(["coremail-letter-tags"], COREMAIL)
+    out = session.receive_from_client(b"A5 NOOP\r\n5 NOOP\r\n")
+    assert to_upstream(out) == b"A5 NOOP\r\n5 NOOP\r\n"  # the second keeps its own tag
+    out = session.receive_from_upstream(b"A5 OK\r\n5 OK\r\n")
+    assert to_client(out) == b"A5 OK\r\n5 OK\r\n"

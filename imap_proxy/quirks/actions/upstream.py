@@ -8,7 +8,9 @@ How this works:
 * `PrefixNumericTags` (Q20): Coremail rejects purely numeric tags (libetpan and MailCore2
   switch to `C1`, `C2` when they see its greeting). A client tag of digits only is sent
   upstream as `prefix + tag` (`1` -> `A1`); the session maps the tagged response back, so
-  the client sees its own tag. A tag already of that shape passes unchanged.
+  the client sees its own tag. A tag already of that shape passes unchanged, and a
+  numeric tag is not prefixed while a client command under the prefixed form is in
+  flight (the answers could not be told apart).
 """
 
 from __future__ import annotations
