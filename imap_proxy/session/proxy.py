@@ -125,6 +125,8 @@ class _HeldResponse:
 
 
 _Completion = Callable[[bytes, list[bytes]], None]
+_CLAIMABLE = frozenset({"ID", "LIST"})  # untagged kinds an injected command may claim
+_LISTS = frozenset({"LIST", "LSUB", "XLIST"})
 _MAILBOX_SWITCHES = frozenset({"SELECT", "EXAMINE", "CLOSE", "UNSELECT"})
 _BAD_STARTTLS_NOT_OFFERED = b"BAD STARTTLS is not available on this connection"
 _PRIVACY_REQUIRED = b"NO [PRIVACYREQUIRED] Log in only over TLS: use STARTTLS or the TLS port"
@@ -469,10 +471,14 @@ class ProxySession:
         self._relay_line(part, line)
 
     def _injected_claims(self, line: bytes) -> bool:
-        """`* ID` data answers an ID the proxy sent, even while client commands run."""
-        return line[2:5].upper() == b"ID " and any(
-            command.name == "ID" for command in self._tracker.injected()
-        )
+        """`* ID` (`* LIST`) data answers an ID (a LIST) the proxy sent, even while client
+        commands run - unless one of them is a LIST too."""
+        kind = untagged_kind(line)
+        if kind not in _CLAIMABLE or (
+            kind in _LISTS and _LISTS & set(self._tracker.client_names())
+        ):
+            return False
+        return any(command.name == kind for command in self._tracker.injected())
 
     def _hold_response(self, part: LinePart) -> None:
         """Keep a multi-part untagged response until it is complete, for the rules."""
@@ -925,13 +931,15 @@ class ProxySession:
 
     def _emulate(self, tag: bytes, name: str, emulation: Emulate) -> None:
         """The proxy's own command stands in for the client's; answer from its outcome."""
+        if emulation.selected_only and self.state is not ProtocolState.SELECTED:
+            self._answer(tag, name, b"BAD No mailbox selected")
+            return
 
-        def done(line: bytes, _untagged: list[bytes]) -> None:
-            if _status_of(line) == b"BAD":
-                self._answer(tag, name, emulation.bad_text)
-            else:
-                self.state = next_state(self.state, name, "OK")
-                self._answer(tag, name, emulation.status_text)
+        def done(line: bytes, untagged: list[bytes]) -> None:
+            answer = emulation.answer(line, untagged)
+            status = answer.status_text.split(b" ", 1)[0].decode("ascii", "replace").upper()
+            self.state = next_state(self.state, name, status)
+            self._answer(tag, name, answer.status_text, untagged=answer.untagged)
             self._drain_if_quiet()
 
         self._inject(emulation.command, emulation.name, done)

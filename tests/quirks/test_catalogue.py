@@ -65,13 +65,22 @@ def test_namespace_is_answered_with_the_delimiter_list_showed() -> None:
     session.receive_from_client(b"a LOGIN u p\r\n")
     out = session.receive_from_upstream(b"a OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n")
     assert to_client(out) == b"a OK [CAPABILITY IMAP4rev1 IDLE LITERAL+ NAMESPACE] Logged in\r\n"
+    # No LIST seen yet: the proxy asks the upstream for its delimiter, quietly.
     out = session.receive_from_client(b"b NAMESPACE\r\n")
-    assert to_client(out) == b'* NAMESPACE (("" ".")) NIL NIL\r\nb OK NAMESPACE completed\r\n'
-    assert to_upstream(out) == b""
-    session.receive_from_client(b'c LIST "" ""\r\n')
-    session.receive_from_upstream(b'* LIST (\\Noselect) "/" ""\r\nc OK\r\n')
+    assert to_upstream(out) == b'ipx1 LIST "" ""\r\n' and to_client(out) == b""
+    out = session.receive_from_upstream(b'* LIST (\\Noselect) "/" ""\r\nipx1 OK done\r\n')
+    assert to_client(out) == b'* NAMESPACE (("" "/")) NIL NIL\r\nb OK NAMESPACE completed\r\n'
+    # Known from then on (as from any LIST the client made): answered at once.
     out = session.receive_from_client(b"d namespace\r\n")
     assert to_client(out) == b'* NAMESPACE (("" "/")) NIL NIL\r\nd OK NAMESPACE completed\r\n'
+    assert to_upstream(out) == b""
+
+
+def test_namespace_falls_back_to_the_rule_delimiter_when_list_tells_nothing() -> None:
+    session = logged_in(["answer-namespace"])
+    session.receive_from_client(b"b NAMESPACE\r\n")
+    out = session.receive_from_upstream(b"ipx1 BAD what\r\n")
+    assert to_client(out) == b'* NAMESPACE (("" ".")) NIL NIL\r\nb OK NAMESPACE completed\r\n'
 
 
 def test_namespace_and_enable_pass_through_where_the_upstream_has_them() -> None:
@@ -105,6 +114,12 @@ def test_unselect_is_emulated_by_a_failing_examine_never_close() -> None:
     assert to_client(out) == b"c OK UNSELECT completed\r\nd OK NOOP\r\n"
     assert state(session) is ProtocolState.AUTHENTICATED
     assert ev.CommandCompleted("c", "UNSELECT", "OK", by_proxy=True) in out
+
+
+def test_unselect_without_a_selected_mailbox_is_bad_at_once() -> None:
+    session = logged_in(["emulate-unselect"])
+    out = session.receive_from_client(b"c UNSELECT\r\n")
+    assert to_client(out) == b"c BAD No mailbox selected\r\n" and to_upstream(out) == b""
 
 
 def test_unselect_emulation_reports_an_upstream_bad() -> None:

@@ -11,7 +11,7 @@ about the upstream's own needs (an ID after login, tag shapes).
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -38,13 +38,15 @@ class LocalAnswer:
 @dataclass(frozen=True, slots=True)
 class Emulate:
     """Send `command` (without a tag: the session gives it one of its own) upstream in
-    place of the client's, consume its answer, then answer the client `status_text`,
-    or `bad_text` if the upstream answered BAD (its command was not run at all)."""
+    place of the client's, consume its answer (tagged line and untagged lines), and
+    answer the client what `answer` makes of it. The client's protocol state follows the
+    answer's status. `selected_only`: without a selected mailbox the client gets BAD at
+    once (as a server answers UNSELECT there)."""
 
     command: bytes
     name: str
-    status_text: bytes
-    bad_text: bytes
+    answer: Callable[[bytes, list[bytes]], LocalAnswer]
+    selected_only: bool = False
 
 
 class Action:

@@ -6,8 +6,9 @@ How this works: each action acts only after login, when the upstream's capabilit
 (the rule's match says so too; the action checks again, as the list changes at login).
 It then advertises what it backs and answers the command itself:
 * `AnswerNamespace`: `* NAMESPACE (("prefix" "delim")) NIL NIL` with the delimiter a LIST
-  response of this session showed, else the rule's `delimiter` (new Outlook sends
-  NAMESPACE right after login and gives up the account on NO/BAD, Q18).
+  response of this session showed; before any LIST, the proxy asks the upstream with its
+  own `LIST "" ""` (the rule's `delimiter` if that says nothing). New Outlook sends
+  NAMESPACE right after login and gives up the account on NO/BAD (Q18).
 * `AnswerEnable`: `* ENABLED` naming nothing, then OK - nothing is claimed that is not
   backed (RFC 5161 §3.1: the server lists only what it enabled).
 * `EmulateUnselect`: UNSELECT without CLOSE (CLOSE expunges, Q34): the proxy sends its own
@@ -23,10 +24,24 @@ from imap_proxy.quirks.actions.base import Action, Emulate, LocalAnswer, Rewrite
 from imap_proxy.quirks.model import AnswerEnableAction, AnswerNamespaceAction, EmulateUnselectAction
 from imap_proxy.wire.command import Command
 from imap_proxy.wire.encode import encode_mailbox, encode_untagged
+from imap_proxy.wire.errors import ProtocolError
+from imap_proxy.wire.message import Message
+from imap_proxy.wire.response import ListData, parse_response
 from imap_proxy.wire.syntax import Nil, ParenList, Quoted
 
 if TYPE_CHECKING:
     from imap_proxy.quirks.engine import SessionView
+
+
+def _delimiter_in(untagged: list[bytes]) -> bytes | None:
+    for line in untagged:
+        try:
+            data = parse_response(Message.from_line(line))
+        except ProtocolError:
+            continue
+        if isinstance(data, ListData) and data.delimiter is not None:
+            return data.delimiter
+    return None
 
 
 def _with(caps: list[str], name: str) -> list[str]:
@@ -68,15 +83,27 @@ class AnswerNamespace(_ServerGap):
         self.prefix = spec.prefix.encode()
         self.delimiter = spec.delimiter.encode()
 
-    def reply(self, view: SessionView) -> bytes:
-        delimiter = view.delimiter or self.delimiter
-        personal = ParenList((ParenList((Quoted(self.prefix), Quoted(delimiter))),))
-        return encode_untagged("NAMESPACE", [personal, Nil(), Nil()]).to_bytes()
+    def reply(self, delimiter: bytes | None) -> LocalAnswer:
+        personal = ParenList(
+            (ParenList((Quoted(self.prefix), Quoted(delimiter or self.delimiter))),)
+        )
+        untagged = encode_untagged("NAMESPACE", [personal, Nil(), Nil()]).to_bytes()
+        return LocalAnswer(untagged, b"OK NAMESPACE completed")
 
-    def on_command(self, command: Command, view: SessionView) -> Rewrite | LocalAnswer | None:
+    def on_command(
+        self, command: Command, view: SessionView
+    ) -> Rewrite | LocalAnswer | Emulate | None:
         if self.backed_upstream(view):
             return None
-        return LocalAnswer(self.reply(view), b"OK NAMESPACE completed")
+        if view.delimiter is not None:
+            return self.reply(view.delimiter)
+
+        def answer(_line: bytes, untagged: list[bytes]) -> LocalAnswer:
+            view.delimiter = _delimiter_in(untagged) or view.delimiter
+            return self.reply(view.delimiter)
+
+        # No LIST seen yet: ask the upstream for its delimiter (RFC 3501 §6.3.8).
+        return Emulate(b'LIST "" ""', "LIST", answer)
 
 
 class AnswerEnable(_ServerGap):
@@ -107,4 +134,12 @@ class EmulateUnselect(_ServerGap):
     def on_command(self, command: Command, view: SessionView) -> Emulate | None:
         if self.backed_upstream(view) or command.args:
             return None  # UNSELECT takes no arguments: the upstream may say BAD itself
-        return Emulate(self.examine, "EXAMINE", b"OK UNSELECT completed", b"BAD UNSELECT failed")
+        return Emulate(self.examine, "EXAMINE", _unselect_answer, selected_only=True)
+
+
+def _unselect_answer(line: bytes, _untagged: list[bytes]) -> LocalAnswer:
+    """NO (no such mailbox) is the expected outcome: nothing is selected any more. BAD
+    means the EXAMINE was not run, so the mailbox stays selected."""
+    if line.split(b" ", 2)[1:2] == [b"BAD"]:
+        return LocalAnswer(b"", b"BAD UNSELECT failed")
+    return LocalAnswer(b"", b"OK UNSELECT completed")
