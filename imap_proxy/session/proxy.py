@@ -233,6 +233,18 @@ class ProxySession:
         self._out += applied
         return caps
 
+    def _capabilities_for_untagged(self) -> list[str]:
+        """Capabilities an untagged CAPABILITY shows; one the upstream sends while a login
+        is in flight lists what holds after it (Dovecot sends it just before the OK)."""
+        view = self.hooks.view
+        if view.authenticated or not AUTH_COMMANDS & set(self._tracker.client_names()):
+            return self.client_capabilities()
+        view.authenticated = True
+        try:
+            return self.client_capabilities()
+        finally:
+            view.authenticated = False
+
     # ------------------------------------------------------------------ inputs
 
     def receive_from_client(self, data: bytes) -> list[ev.Event]:
@@ -467,7 +479,7 @@ class ProxySession:
             caps = capabilities_in_line(line)
             if caps is not None:
                 self.upstream_capabilities = caps
-                line = rewrite_capability_line(line, self.client_capabilities())
+                line = rewrite_capability_line(line, self._capabilities_for_untagged())
         self._relay_line(part, line)
 
     def _injected_claims(self, line: bytes) -> bool:
@@ -622,6 +634,7 @@ class ProxySession:
         self.hooks.view.greeting = line
         if word == b"PREAUTH":
             self.state = ProtocolState.AUTHENTICATED
+            self.hooks.view.authenticated = True
         caps = capabilities_in_line(line)
         if self.settings.upstream_starttls:
             if word == b"PREAUTH":

@@ -357,3 +357,13 @@ def test_a_prefixed_tag_never_collides_with_a_client_tag_in_flight() -> None:
     assert to_upstream(out) == b"A5 NOOP\r\n5 NOOP\r\n"  # the second keeps its own tag
     out = session.receive_from_upstream(b"A5 OK\r\n5 OK\r\n")
     assert to_client(out) == b"A5 OK\r\n5 OK\r\n"
+
+
+def test_capabilities_sent_during_login_show_what_the_proxy_adds_after_it() -> None:
+    session = session_for(["emulate-unselect"])
+    session.receive_from_client(b"a LOGIN u p\r\n")
+    out = session.receive_from_upstream(b"* CAPABILITY IMAP4rev1 IDLE\r\na OK Logged in\r\n")
+    assert to_client(out) == b"* CAPABILITY IMAP4rev1 IDLE LITERAL+ UNSELECT\r\na OK Logged in\r\n"
+    preauth = session_for(["emulate-unselect"], b"* PREAUTH [CAPABILITY IMAP4rev1] hi\r\n")
+    out = preauth.receive_from_client(b"c UNSELECT\r\n")
+    assert to_client(out) == b"c BAD No mailbox selected\r\n"
