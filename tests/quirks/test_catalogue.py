@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from imap_proxy.quirks.actions.robustness import NormalizeBodyStructure
 from imap_proxy.quirks.engine import SessionView
@@ -13,7 +17,8 @@ from imap_proxy.session.settings import SessionSettings
 from imap_proxy.session.state import ProtocolState
 from imap_proxy.wire.encode import encode_response
 from imap_proxy.wire.message import Message
-from imap_proxy.wire.response import parse_response
+from imap_proxy.wire.response import FetchData, parse_response
+from imap_proxy.wire.syntax import Atom, Nil, ParenList, Quoted, Value
 
 SHIPPED = load_rules()
 LEGACY = b"* OK [CAPABILITY IMAP4rev1 LITERAL+ IDLE AUTH=PLAIN] legacy ready\r\n"
@@ -367,3 +372,45 @@ def test_capabilities_sent_during_login_show_what_the_proxy_adds_after_it() -> N
     preauth = session_for(["emulate-unselect"], b"* PREAUTH [CAPABILITY IMAP4rev1] hi\r\n")
     out = preauth.receive_from_client(b"c UNSELECT\r\n")
     assert to_client(out) == b"c BAD No mailbox selected\r\n"
+
+
+_LEAVES = st.one_of(
+    st.just(Nil()),
+    st.builds(Quoted, st.binary(max_size=8).filter(lambda b: b"\r" not in b and b"\n" not in b)),
+    st.builds(Atom, st.sampled_from([b"0", b"-1", b"12", b"7BIT", b"TEXT", b"x"])),
+)
+_VALUES = st.recursive(
+    _LEAVES,
+    lambda inner: st.builds(lambda items: ParenList(tuple(items)), st.lists(inner, max_size=12)),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(structure=_VALUES, envelope=_VALUES)
+def test_structure_repair_never_fails_on_any_shape(structure: Value, envelope: Value) -> None:
+    """Whatever an upstream sends, the repair returns encodable data (or leaves it)."""
+    action = NormalizeBodyStructure(
+        "n", NormalizeBodyStructureAction(type="normalize_body_structure")
+    )
+    data = FetchData(1, (("BODYSTRUCTURE", structure), ("ENVELOPE", envelope)))
+    repaired = action.on_response(data, SessionView())
+    assert isinstance(repaired, FetchData)
+    encoded = encode_response(repaired).to_bytes()
+    assert isinstance(parse_response(Message(*_split(encoded))), FetchData)
+
+
+def _split(encoded: bytes) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+    """An encoded message (literals inline) back into lines and literals."""
+    lines: list[bytes] = []
+    literals: list[bytes] = []
+    rest = encoded
+    while True:
+        end = rest.index(b"\r\n") + 2
+        line, rest = rest[:end], rest[end:]
+        lines.append(line)
+        size = re.search(rb"\{(\d+)\}\r\n$", line)
+        if size is None:
+            return tuple(lines), tuple(literals)
+        literals.append(rest[: int(size.group(1))])
+        rest = rest[int(size.group(1)) :]
