@@ -103,6 +103,8 @@ def test_enable_claims_nothing_and_is_not_advertised() -> None:
     out = session.receive_from_client(b"c ENABLE CONDSTORE UTF8=ACCEPT\r\n")
     assert to_client(out) == b"* ENABLED\r\nc OK ENABLE completed\r\n"
     assert to_upstream(out) == b"" and applied(out) == ["answer-enable"]
+    # Malformed: the upstream's BAD, not a made-up OK (likewise NAMESPACE with arguments).
+    assert to_upstream(session.receive_from_client(b"d ENABLE\r\n")) == b"d ENABLE\r\n"
 
 
 def test_unselect_is_emulated_by_a_failing_examine_never_close() -> None:

@@ -93,8 +93,8 @@ class AnswerNamespace(_ServerGap):
     def on_command(
         self, command: Command, view: SessionView
     ) -> Rewrite | LocalAnswer | Emulate | None:
-        if self.backed_upstream(view):
-            return None
+        if self.backed_upstream(view) or command.args:
+            return None  # NAMESPACE takes no arguments: the upstream says BAD itself
         if view.delimiter is not None:
             return self.reply(view.delimiter)
 
@@ -115,8 +115,8 @@ class AnswerEnable(_ServerGap):
         super().__init__(rule_id, spec.advertise)
 
     def on_command(self, command: Command, view: SessionView) -> Rewrite | LocalAnswer | None:
-        if self.backed_upstream(view):
-            return None
+        if self.backed_upstream(view) or not command.args:
+            return None  # ENABLE needs at least one name: the upstream says BAD itself
         return LocalAnswer(b"* ENABLED\r\n", b"OK ENABLE completed")
 
 
