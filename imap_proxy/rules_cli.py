@@ -175,9 +175,8 @@ def render_rules_reference(ruleset: RuleSet) -> str:
         rule = loaded.rule
         actions = ", ".join(f"`{a.type}`" for a in rule.actions)
         default = "on" if rule.enabled else "off"
-        out.append(
-            f"| [`{rule.id}`](#{rule.id}) | {default} | {describe_match(rule)} | {actions} |"
-        )
+        matched = describe_match(rule).replace("|", "\\|")  # a regex's `|` in a table cell
+        out.append(f"| [`{rule.id}`](#{rule.id}) | {default} | {matched} | {actions} |")
     for loaded in ruleset.rules:
         rule = loaded.rule
         out += ["", f"## {rule.id}", "", rule.summary.strip(), ""]
