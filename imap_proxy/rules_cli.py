@@ -222,9 +222,8 @@ def render_rules_reference(ruleset: RuleSet, fingerprints: FingerprintSet | None
         rule = loaded.rule
         actions = ", ".join(f"`{a.type}`" for a in rule.actions)
         default = "on" if rule.enabled else "off"
-        out.append(
-            f"| [`{rule.id}`](#{rule.id}) | {default} | {describe_match(rule)} | {actions} |"
-        )
+        matched = describe_match(rule).replace("|", "\\|")  # a regex's `|` in a table cell
+        out.append(f"| [`{rule.id}`](#{rule.id}) | {default} | {matched} | {actions} |")
     for loaded in ruleset.rules:
         rule = loaded.rule
         out += ["", f"## {rule.id}", "", rule.summary.strip(), ""]
@@ -239,13 +238,25 @@ def render_rules_reference(ruleset: RuleSet, fingerprints: FingerprintSet | None
             out.append(f"- action `{action.type}`: {shown}")
         evidence = rule.evidence
         silent_upstream = evidence.silent_upstream or evidence.upstream
-        out.append(
-            f"- fires on `{evidence.fires}` ({evidence.upstream} upstream); silent on "
-            f"`{evidence.silent}` ({silent_upstream} upstream)"
+        silent_faults = (
+            evidence.faults if evidence.silent_faults is None else evidence.silent_faults
         )
+        out.append(
+            f"- fires on `{evidence.fires}` ({evidence.upstream} upstream"
+            f"{_with_faults(evidence.faults)}); silent on "
+            f"`{evidence.silent}` ({silent_upstream} upstream{_with_faults(silent_faults)})"
+        )
+        if evidence.replay_parameters:
+            shown = ", ".join(f"{k}={v!r}" for k, v in evidence.replay_parameters.items())
+            out.append(f"- evidence replayed with {shown}")
         if rule.references:
             out.append("- references: " + "; ".join(rule.references))
     return "\n".join(out) + "\n"
+
+
+def _with_faults(faults: list[str]) -> str:
+    """How an evidence replay's injected upstream anomalies read in the reference."""
+    return " with injected " + ", ".join(faults) if faults else ""
 
 
 def _command_docs(args: argparse.Namespace) -> int:

@@ -25,6 +25,8 @@ the configuration (`session_settings()`), then runs four tasks in one nursery:
   among all its connections (a connection started alone runs a private one): it is
   rescheduled after every batch, and on expiry `deadline_reached()` either times the
   session out (`session.timed_out()`) or, if activity moved the deadline, reschedules.
+  While the client idles and a rule wants keepalives (`session.keepalive_interval`), the
+  deadline also comes that long after the last byte to the client: `session.keepalive()`.
 
 Event handling is synchronous (it only queues), so the tasks never interleave inside it.
 A `Close` event (or a lost side) sets the closing flag: the readers stop, the writers
@@ -239,6 +241,7 @@ class ClientConnection:
         self._close_requested = trio.Event()
         self._shutdown_requested = False
         self._wakeup = _Wakeup()
+        self._last_keepalive = -math.inf  # when a keepalive last went to an idling client
         self._last_activity = 0.0
         self._opened_at = 0.0
 
@@ -396,7 +399,7 @@ class ClientConnection:
 
     def _schedule_deadline(self) -> None:
         if self._relaying and not self._closing and self._timers is not None:
-            self._timers.schedule(self, self._idle_deadline())
+            self._timers.schedule(self, self._next_deadline())
 
     def _observe(self, event: ev.Observation) -> None:
         match event:
@@ -576,13 +579,34 @@ class ClientConnection:
             last = max(last, self._writers[_Side.CLIENT].last_write_at)
         return last + timeouts.idle
 
+    def _keepalive_deadline(self) -> float:
+        """When a rule wants a keepalive sent to a client in IDLE: after that long without
+        a byte to it (the session says how long, or None). A keepalive is no activity."""
+        interval = getattr(self._session, "keepalive_interval", None)
+        if interval is None:
+            return math.inf
+        last = max(self._last_activity, self._last_keepalive)
+        if _Side.CLIENT in self._writers:
+            last = max(last, self._writers[_Side.CLIENT].last_write_at)
+        return float(last + interval)
+
+    def _next_deadline(self) -> float:
+        return min(self._idle_deadline(), self._keepalive_deadline())
+
     def deadline_reached(self) -> None:
-        """Called by `Timers` when the scheduled deadline has come (see `_idle_deadline`)."""
+        """Called by `Timers` when the scheduled deadline has come: time out, send a
+        keepalive, or (activity moved the deadlines later) schedule again."""
         session = self._session
         if self._closing or session is None:
             return
-        if trio.current_time() < self._idle_deadline():
-            self._schedule_deadline()  # activity since: the deadline moved later
+        now = trio.current_time()
+        if now < self._idle_deadline():
+            if now >= self._keepalive_deadline():
+                self._last_keepalive = now
+                keepalive = getattr(session, "keepalive", None)
+                if keepalive is not None:
+                    self._handle(keepalive())
+            self._schedule_deadline()
             return
         self._log.info("timed out", kind=session.idle_deadline_kind)
         self._last_activity = trio.current_time()  # no busy loop if it stays open

@@ -23,6 +23,8 @@ changes, so a rule applies from the moment its match holds. The hooks are:
   untagged response (a one-line one may be kept back);
 * `watches_tagged` / `on_tagged(tag, name, line, lookup)` - act on a tagged completion
   (the first action with an outcome decides it).
+* `ignores_empty_lines()`, `after_login()`, `upstream_tag(tag)` - drop bare CRLF lines,
+  commands to send upstream after login, the tag a client command gets upstream.
 
 Every hook that changes something returns the (rule id, action type) pairs applied, so
 the session can record them (logs, metrics).
@@ -39,6 +41,7 @@ from imap_proxy.quirks.actions import (
     Drop,
     Emulate,
     LocalAnswer,
+    ReplaceCommand,
     Rewrite,
     build_action,
 )
@@ -147,6 +150,7 @@ class SessionRules:
         self.watches_untagged = False
         self.observed_kinds: frozenset[str] = frozenset()
         self.watches_tagged = False
+        self.maps_tags = False
         self.refresh()
 
     @property
@@ -169,6 +173,7 @@ class SessionRules:
         self.observed_kinds = frozenset(kind for a in active for kind in a.observes)
         self.watches_untagged |= bool(self.observed_kinds)
         self.watches_tagged = any(a.watches_tagged for a in active)
+        self.maps_tags = any(a.maps_tags for a in active)
 
     def capabilities(self, caps: list[str]) -> tuple[list[str], list[Applied]]:
         applied: list[Applied] = []
@@ -179,20 +184,57 @@ class SessionRules:
             caps = shaped
         return caps, applied
 
-    def on_command(self, command: Command) -> tuple[Command | LocalAnswer | Emulate, list[Applied]]:
-        """The command to send (maybe rewritten), a local answer or an emulation; and what
-        applied."""
+    def on_command(
+        self, command: Command
+    ) -> tuple[Command | LocalAnswer | Emulate | ReplaceCommand, list[Applied]]:
+        """The command to send (maybe rewritten), a local answer, an emulation or a command
+        of the proxy's own in its place; and what applied."""
         applied: list[Applied] = []
         for action in self.active:
             if command.name not in action.commands and command.name not in action.head_commands:
                 continue
             outcome = action.on_command(command, self.view)
-            if isinstance(outcome, LocalAnswer | Emulate):
+            if isinstance(outcome, LocalAnswer | Emulate | ReplaceCommand):
                 return outcome, [*applied, (action.rule_id, action.kind)]
             if isinstance(outcome, Rewrite):
                 command = outcome.command
                 applied.append((action.rule_id, action.kind))
         return command, applied
+
+    def wants_command(self, name: str, line: bytes) -> bool:
+        """Whether any active action wants this command (by its first line) held whole."""
+        return any(
+            name in action.commands and action.wants_command_line(line) for action in self.active
+        )
+
+    def wants_line(self, kind: str, line: bytes) -> bool:
+        """Whether any active action wants this untagged line (of a wanted kind) parsed."""
+        return any(
+            kind in action.responses and action.wants_line(kind, line) for action in self.active
+        )
+
+    def keepalive(self) -> Action | None:
+        """The action that keeps idling clients company, if one is active."""
+        return next((a for a in self.active if a.keepalive_interval is not None), None)
+
+    def ignores_empty_lines(self) -> Action | None:
+        return next((a for a in self.active if a.ignores_empty_lines), None)
+
+    def after_login(self) -> list[tuple[Applied, bytes]]:
+        """Commands the active rules send upstream once a login succeeded."""
+        return [
+            ((action.rule_id, action.kind), command)
+            for action in self.active
+            for command in action.after_login(self.view)
+        ]
+
+    def upstream_tag(self, tag: bytes) -> tuple[bytes, list[Applied]]:
+        for action in self.active:
+            if action.maps_tags:
+                mapped = action.upstream_tag(tag)
+                if mapped is not None and mapped != tag:
+                    return mapped, [(action.rule_id, action.kind)]
+        return tag, []
 
     def on_response(self, response: Response) -> tuple[Response | None, list[Applied]]:
         """The response to relay (maybe rewritten), None if an action dropped it."""

@@ -217,6 +217,135 @@ class XlistAction(_Strict):
     )
 
 
+class AnswerNamespaceAction(_Strict):
+    """Answer NAMESPACE locally when the upstream lacks it (new Outlook gives up an
+    account on NO/BAD), with one personal namespace; advertise NAMESPACE."""
+
+    type: Literal["answer_namespace"]
+    prefix: str = Field(default="", description="the personal namespace's prefix")
+    delimiter: str = Field(
+        default=".",
+        min_length=1,
+        max_length=1,
+        description="used until a LIST response of the session showed the upstream's",
+    )
+    advertise: bool = True
+
+
+class AnswerEnableAction(_Strict):
+    """Answer ENABLE locally when the upstream lacks it: `* ENABLED` naming nothing (no
+    extension is claimed that is not backed) and a tagged OK."""
+
+    type: Literal["answer_enable"]
+    advertise: bool = Field(default=False, description="also list ENABLE in capabilities")
+
+
+class EmulateUnselectAction(_Strict):
+    """UNSELECT for upstreams without it, never via CLOSE (CLOSE expunges): EXAMINE of a
+    mailbox that cannot exist (a failed EXAMINE leaves no mailbox selected, RFC 3501
+    §6.3.2), then OK to the client; advertise UNSELECT."""
+
+    type: Literal["emulate_unselect"]
+    mailbox: str = Field(
+        default="imap-proxy/no such mailbox/unselect",
+        min_length=1,
+        pattern=r"^[\x20-\x7e]+$",
+        description="a name no user has (printable ASCII)",
+    )
+    advertise: bool = True
+
+
+class IgnoreEmptyLinesAction(_Strict):
+    """Ignore empty command lines (bare CRLF) from the client instead of relaying them."""
+
+    type: Literal["ignore_empty_lines"]
+
+
+class DropFetchModifierAction(_Strict):
+    """Remove a FETCH modifier the upstream cannot take: `(CHANGEDSINCE 0)` asks for
+    everything anyway, so dropping it changes no result."""
+
+    type: Literal["drop_fetch_modifier"]
+    modifier: str = Field(default="CHANGEDSINCE", pattern=r"^[A-Za-z][A-Za-z0-9-]*$")
+    values: list[str] = Field(
+        default_factory=lambda: ["0"], min_length=1, description="only with these values"
+    )
+
+
+class UntaggedStatusTextAction(_Strict):
+    """Give untagged OK/NO/BAD responses without text a text (`* OK [code]` ->
+    `* OK [code] ok`): strict parsers require it."""
+
+    type: Literal["untagged_status_text"]
+    text: str = Field(default="ok", min_length=1, pattern=r"^[\x20-\x7e]+$")
+    statuses: list[Literal["OK", "NO", "BAD"]] = Field(
+        default_factory=lambda: ["OK", "NO", "BAD"]  # type: ignore[arg-type]
+    )
+
+
+class EmptyPartialFetchAction(_Strict):
+    """Answer a partial body fetch past the end (`BODY[]<5000>` of a 300-byte message)
+    with an empty string where the upstream says NIL."""
+
+    type: Literal["empty_partial_fetch"]
+
+
+class NormalizeBodyStructureAction(_Strict):
+    """Rewrite BODYSTRUCTURE/ENVELOPE data to grammar-valid forms: `""` for NIL parameter
+    values, NIL for empty lists, 0 for negative counts, a default for a NIL encoding."""
+
+    type: Literal["normalize_body_structure"]
+    default_encoding: str = Field(default="7BIT", pattern=r"^[A-Za-z0-9-]+$")
+
+
+class ShedBackgroundLoadAction(_Strict):
+    """Apple TN3189: answer the ID of a background Mail daemon with `NO [UNAVAILABLE]`,
+    which postpones its background download (about a day). Operator opt-in."""
+
+    type: Literal["shed_background_load"]
+    text: str = Field(default="Try again later", pattern=r"^[\x20-\x7e]*$")
+
+
+class SendIdUpstreamAction(_Strict):
+    """Send an ID upstream right after login, for providers that require one (NetEase
+    refuses SELECT without it); its response is consumed, the client never sees it."""
+
+    type: Literal["send_id_upstream"]
+    fields: dict[str, str] = Field(
+        default_factory=lambda: {"name": "imap-proxy"},
+        min_length=1,
+        max_length=30,
+        description="the ID fields (RFC 2971 §3.3: at most 30, never empty)",
+    )
+
+    @field_validator("fields")
+    @classmethod
+    def _printable(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not re.fullmatch(r"[\x20-\x7e]{1,30}", name) or not re.fullmatch(
+                r"[\x20-\x7e]{0,1024}", text
+            ):
+                raise ValueError("ID fields: printable ASCII, names up to 30, values 1024")
+        return value
+
+
+class PrefixNumericTagsAction(_Strict):
+    """Send purely numeric client tags upstream with a letter prefix (`1` -> `A1`), for
+    servers that reject numeric tags; responses are mapped back to the client's tag."""
+
+    type: Literal["prefix_numeric_tags"]
+    prefix: str = Field(default="A", pattern=r"^[A-Za-z]{1,4}$")
+
+
+class IdleKeepaliveAction(_Strict):
+    """Send `* OK <text>` to a client in IDLE after `interval` seconds without a byte to
+    it, for clients (Outlook) that drop connections that stay silent."""
+
+    type: Literal["idle_keepalive"]
+    interval: float = Field(default=120, ge=1, le=1500, description="seconds")
+    text: str = Field(default="Still here", min_length=1, pattern=r"^[\x20-\x7e]+$")
+
+
 ActionSpec = Annotated[
     CapabilitiesAction
     | AnswerIdAction
@@ -228,7 +357,19 @@ ActionSpec = Annotated[
     | StubFetchAction
     | MapSpecialFoldersAction
     | SynthesizeSpecialUseAction
-    | XlistAction,
+    | XlistAction
+    | AnswerNamespaceAction
+    | AnswerEnableAction
+    | EmulateUnselectAction
+    | IgnoreEmptyLinesAction
+    | DropFetchModifierAction
+    | UntaggedStatusTextAction
+    | EmptyPartialFetchAction
+    | NormalizeBodyStructureAction
+    | ShedBackgroundLoadAction
+    | SendIdUpstreamAction
+    | PrefixNumericTagsAction
+    | IdleKeepaliveAction,
     Field(discriminator="type"),
 ]
 
@@ -245,6 +386,17 @@ class Evidence(_Strict):
     silent: str = Field(description="a trace it must not fire on (another client/upstream)")
     upstream: Upstream = "modern"
     silent_upstream: Upstream | None = Field(default=None, description="default: `upstream`")
+    faults: list[str] = Field(
+        default_factory=list,
+        description="server anomalies the test harness injects in front of Dovecot for "
+        "this evidence (tests/support/faults.py), for rules about upstream misbehaviour",
+    )
+    silent_faults: list[str] | None = Field(default=None, description="default: `faults`")
+    replay_parameters: dict[str, float | int | str] = Field(
+        default_factory=dict,
+        description="action parameters changed for the evidence replays only (a timer's "
+        "interval shortened so the replay does not wait minutes)",
+    )
 
 
 class Rule(_Strict):

@@ -47,7 +47,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from imap_proxy.quirks.actions import Emulate, EmulationAnswer, LocalAnswer, StepResult
+from imap_proxy.quirks.actions import (
+    Emulate,
+    EmulationAnswer,
+    LocalAnswer,
+    ReplaceCommand,
+    StepResult,
+)
 from imap_proxy.session import events as ev
 from imap_proxy.session.auth import login_user, sasl_user
 from imap_proxy.session.capabilities import (
@@ -122,6 +128,7 @@ class _ClientMessage:
     lines: list[bytes] = field(default_factory=list)
     literals: list[bytes | None] = field(default_factory=list)
     literal: bytearray | None = None
+    upstream_tag: bytes | None = None  # set when a rule sends it upstream under another tag
 
     def message(self) -> Message:
         return Message(tuple(self.lines), tuple(self.literals))
@@ -158,6 +165,8 @@ _Completion = Callable[[bytes, list[bytes]], None]
 _BEFORE_GREETING = frozenset(
     {_Phase.GREETING, _Phase.UPSTREAM_STARTTLS, _Phase.UPSTREAM_TLS, _Phase.PROBING}
 )
+_CLAIMABLE = frozenset({"ID", "LIST"})  # untagged kinds an injected command may claim
+_LISTS = frozenset({"LIST", "LSUB", "XLIST"})
 _MAILBOX_SWITCHES = frozenset({"SELECT", "EXAMINE", "CLOSE", "UNSELECT"})
 _BAD_STARTTLS_NOT_OFFERED = b"BAD STARTTLS is not available on this connection"
 _PRIVACY_REQUIRED = b"NO [PRIVACYREQUIRED] Log in only over TLS: use STARTTLS or the TLS port"
@@ -196,6 +205,7 @@ class ProxySession:
         self._upstream_bye = False
         self._up_held: _HeldResponse | None = None  # an untagged response a rule wants whole
         self._emulation: _Emulation | None = None  # client reading pauses while it runs
+        self._tags_back: dict[bytes, list[bytes]] = {}  # upstream tag -> client tags (FIFO)
 
     # ----------------------------------------------------------------- properties
 
@@ -236,6 +246,23 @@ class ProxySession:
         return "idling" if self._role is _Role.IDLE_DONE else "idle"
 
     @property
+    def keepalive_interval(self) -> float | None:
+        """Seconds of silence towards a client in IDLE after which a rule wants
+        `keepalive()` called; None when no keepalive is due (not idling, no such rule)."""
+        if self._phase is not _Phase.RELAYING or self._role is not _Role.IDLE_DONE:
+            return None
+        action = self.hooks.rules.keepalive()
+        return None if action is None else action.keepalive_interval
+
+    def keepalive(self) -> list[ev.Event]:
+        """The keepalive timer fired: `* OK Still here` to a client still in IDLE."""
+        action = self.hooks.rules.keepalive()
+        if action is not None and self.keepalive_interval is not None:
+            self._to_client(action.keepalive_line)
+            self._out += self.hooks.record([(action.rule_id, action.kind)])
+        return self._take()
+
+    @property
     def client_tls(self) -> bool:
         return self._client_tls
 
@@ -252,6 +279,18 @@ class ProxySession:
         )
         self._out += applied
         return caps
+
+    def _capabilities_for_untagged(self) -> list[str]:
+        """Capabilities an untagged CAPABILITY shows; one the upstream sends while a login
+        is in flight lists what holds after it (Dovecot sends it just before the OK)."""
+        view = self.hooks.view
+        if view.authenticated or not AUTH_COMMANDS & set(self._tracker.client_names()):
+            return self.client_capabilities()
+        view.authenticated = True
+        try:
+            return self.client_capabilities()
+        finally:
+            view.authenticated = False
 
     # ------------------------------------------------------------------ inputs
 
@@ -435,11 +474,31 @@ class ProxySession:
             return
         tag, _, rest = line.partition(b" ")
         status = rest.split(b" ", 1)[0].rstrip(b"\r\n").upper().decode("ascii", "replace")
+        if self._tags_back:
+            tag, part = self._client_tag_of(tag, part)
         command = self._tracker.get(tag)
         if command is None:
             self._relay_line(part)  # not ours to understand: pass it on unchanged
             return
         self._tagged(command, part, status)
+
+    def _client_tag_of(self, tag: bytes, part: LinePart) -> tuple[bytes, LinePart]:
+        """A tagged response under a tag a rule gave the command upstream: the client's."""
+        waiting = self._tags_back.get(tag)
+        if not waiting:
+            return tag, part
+        client_tag = waiting.pop(0)
+        if not waiting:
+            del self._tags_back[tag]
+        return client_tag, LinePart(client_tag + part.raw[len(tag) :], part.literal)
+
+    def _retag(self, msg: _ClientMessage, line: bytes) -> bytes:
+        """The first line of a client command, under the tag a rule chose for upstream."""
+        upstream_tag, msg.upstream_tag = msg.upstream_tag, None
+        if upstream_tag is None or not line.startswith(msg.tag + b" "):
+            return line
+        self._tags_back.setdefault(upstream_tag, []).append(msg.tag)
+        return upstream_tag + line[len(msg.tag) :]
 
     def _relay_line(self, part: LinePart, line: bytes | None = None) -> None:
         data = part.raw if line is None else line
@@ -452,7 +511,9 @@ class ProxySession:
 
     def _untagged(self, part: LinePart) -> None:
         line = part.raw
-        if self._tracker.has_injected and self._tracker.client_commands() == 0:
+        if self._tracker.has_injected and (
+            self._tracker.client_commands() == 0 or self._injected_claims(line)
+        ):
             injected = self._tracker.injected()
             # Only our own commands are in flight: their untagged data is theirs.
             if part.literal is None:
@@ -477,7 +538,7 @@ class ProxySession:
                 kind, line, part.literal is None
             ):
                 return  # a rule keeps this one-line response for the tagged completion
-            if self.hooks.wants_response(kind):
+            if self.hooks.wants_response(kind, line):
                 if part.literal is not None:
                     self._hold_response(part)
                     return
@@ -490,8 +551,18 @@ class ProxySession:
                     # Sent just before a login's OK: the post-login capabilities.
                     self.hooks.view.authenticated = True
                 self.upstream_capabilities = caps
-                line = rewrite_capability_line(line, self.client_capabilities())
+                line = rewrite_capability_line(line, self._capabilities_for_untagged())
         self._relay_line(part, line)
+
+    def _injected_claims(self, line: bytes) -> bool:
+        """`* ID` (`* LIST`) data answers an ID (a LIST) the proxy sent, even while client
+        commands run - unless one of them is a LIST too."""
+        kind = untagged_kind(line)
+        if kind not in _CLAIMABLE or (
+            kind in _LISTS and _LISTS & set(self._tracker.client_names())
+        ):
+            return False
+        return any(command.name == kind for command in self._tracker.injected())
 
     def _hold_response(self, part: LinePart) -> None:
         """Keep a multi-part untagged response until it is complete, for the rules."""
@@ -564,6 +635,10 @@ class ProxySession:
             if caps is not None:
                 self.upstream_capabilities = caps
                 line = rewrite_capability_line(line, self.client_capabilities())
+        if logged_in and self.state is ProtocolState.AUTHENTICATED:
+            for text, applied in self.hooks.after_login():
+                self._out += applied
+                self._inject(text, text.split(b" ", 1)[0].decode("ascii").upper(), _consume)
         released = self.hooks.release_before_completion(command.name)
         if released:
             self._out.append(ev.SendToClient(released))
@@ -783,6 +858,11 @@ class ProxySession:
 
     def _start_command(self, part: LinePart) -> None:
         peeked = peek_command(part.raw)
+        if peeked is None and part.literal is None and not part.raw.strip():
+            ignored = self.hooks.empty_line_ignored()
+            if ignored is not None:
+                self._out += ignored  # a rule drops bare CRLF lines (Q24)
+                return
         if peeked is None:
             # No tag we can track (an empty line, garbage): the upstream answers it.
             self._msg = _ClientMessage(b"", "OTHER", _Mode.STREAM)
@@ -791,6 +871,12 @@ class ProxySession:
         tag, name = peeked
         msg = _ClientMessage(tag, name, _Mode.STREAM)
         self._msg = msg
+        if self.hooks.rules.maps_tags:
+            upstream_tag, applied = self.hooks.upstream_tag(tag)
+            # Never a tag one of the client's own commands in flight carries upstream.
+            if upstream_tag != tag and self._tracker.get(upstream_tag) is None:
+                msg.upstream_tag = upstream_tag
+                self._out += applied
         self._out.append(ev.CommandStarted(tag.decode("ascii", "replace"), name))
         authenticated = self.state is not ProtocolState.NOT_AUTHENTICATED
         self._out += self.hooks.command_started(tag, name, part.raw, authenticated)
@@ -802,7 +888,7 @@ class ProxySession:
         elif name in AUTH_COMMANDS and self.settings.require_tls and not self._client_tls:
             msg.mode = _Mode.DISCARD
             self._answer(tag, name, _PRIVACY_REQUIRED)
-        elif name == "ID" or self.hooks.wants_whole(name):
+        elif name == "ID" or self.hooks.wants_whole(name, part.raw):
             msg.mode = _Mode.HOLD
         elif self.hooks.wants_head(name):
             msg.mode = _Mode.HEAD
@@ -847,6 +933,8 @@ class ProxySession:
             self._head_line(msg, part)
             return
         raw = part.raw
+        if msg.upstream_tag is not None:
+            raw = self._retag(msg, raw)
         if literal is not None and not literal.synchronizing and not self._upstream_takes(literal):
             # The upstream lacks LITERAL+: send a synchronizing literal and hold the
             # client's data in the framer until the upstream's `+` arrives.
@@ -999,6 +1087,9 @@ class ProxySession:
             self._emulation = _Emulation(msg.tag, msg.name, outcome)
             self._start_emulation_when_quiet()
             return
+        if isinstance(outcome, ReplaceCommand):
+            self._replace_command(msg.tag, msg.name, outcome)
+            return
         outgoing: Message | None
         if msg.name == "ID":
             outgoing = rewrite_id_command(outcome, message, self.settings)
@@ -1010,6 +1101,9 @@ class ProxySession:
             self._answer(msg.tag, msg.name, b"BAD Invalid ID arguments")
             return
         self._tracker.add(InFlight(msg.tag, msg.name))
+        if msg.upstream_tag is not None:
+            lines = (self._retag(msg, outgoing.lines[0]), *outgoing.lines[1:])
+            outgoing = Message(lines, outgoing.literals)
         self._send_message(msg.tag, outgoing)
 
     # ----------------------------------------------------------- emulations
@@ -1095,7 +1189,7 @@ class ProxySession:
         if isinstance(outcome, LocalAnswer):
             answered = True
             self._answer(msg.tag, msg.name, outcome.status_text, untagged=outcome.untagged)
-        elif isinstance(outcome, Emulate):  # no rule emulates a command that streams on
+        elif isinstance(outcome, Emulate | ReplaceCommand):  # none for a command that streams
             answered = True
             self._answer(msg.tag, msg.name, b"NO [SERVERBUG] Cannot emulate this command")
         elif outcome is not command or len(msg.lines) > 1:
@@ -1135,6 +1229,21 @@ class ProxySession:
 
         self._inject(b'LIST "" "*"', "LIST", learnt)
 
+    def _replace_command(self, tag: bytes, name: str, emulation: ReplaceCommand) -> None:
+        """The proxy's own command stands in for the client's; answer from its outcome."""
+        if emulation.selected_only and self.state is not ProtocolState.SELECTED:
+            self._answer(tag, name, b"BAD No mailbox selected")
+            return
+
+        def done(line: bytes, untagged: list[bytes]) -> None:
+            answer = emulation.answer(line, untagged)
+            status = answer.status_text.split(b" ", 1)[0].decode("ascii", "replace").upper()
+            self.state = next_state(self.state, name, status)
+            self._answer(tag, name, answer.status_text, untagged=answer.untagged)
+            self._drain_if_quiet()
+
+        self._inject(emulation.command, emulation.name, done)
+
     def _send_message(self, tag: bytes, message: Message) -> None:
         """Send a message the proxy built, minding the upstream's literal support."""
         if not message.literals:
@@ -1171,6 +1280,10 @@ _FETCH_NUMBER = re.compile(rb"\* (\d{1,10}) FETCH ")
 def _printable(text: str) -> bytes:
     """A parser's message, safe inside a response line."""
     return bytes(c if 0x20 <= c < 0x7F else 0x3F for c in text.encode("ascii", "replace")[:200])
+
+
+def _consume(_line: bytes, _untagged: list[bytes]) -> None:
+    """The answer to a command the proxy sent for its own reasons: nobody needs it."""
 
 
 def _status_of(line: bytes) -> bytes:

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
-from imap_proxy.quirks.actions import Emulate, LocalAnswer
+from imap_proxy.quirks.actions import Emulate, LocalAnswer, ReplaceCommand
 from imap_proxy.quirks.actions.base import TaggedOutcome
 from imap_proxy.quirks.engine import Applied, SessionRules, SessionView
 from imap_proxy.session import events as ev
@@ -80,6 +80,7 @@ class RuleHooks:
 
     def authenticated(self) -> list[ev.Event]:
         self.view.authenticated = True
+        self.rules.refresh()
         if self.fingerprinter is None or self.fingerprinter.settled:
             return []
         return self._profile(self.fingerprinter.observe_authenticated())
@@ -111,8 +112,11 @@ class RuleHooks:
         shaped, applied = self.rules.capabilities(caps)
         return shaped, self._record(applied)
 
-    def wants_whole(self, name: str) -> bool:
-        return name in self.rules.held_commands
+    def wants_whole(self, name: str, line: bytes | None = None) -> bool:
+        """Whether rules want this command held whole (and this first line, if given)."""
+        if name not in self.rules.held_commands:
+            return False
+        return line is None or self.rules.wants_command(name, line)
 
     def wants_head(self, name: str) -> bool:
         """Rules rewrite this command's first argument; the rest (a message) streams."""
@@ -131,9 +135,31 @@ class RuleHooks:
 
     def on_command(
         self, command: Command
-    ) -> tuple[Command | LocalAnswer | Emulate, list[ev.Event]]:
+    ) -> tuple[Command | LocalAnswer | Emulate | ReplaceCommand, list[ev.Event]]:
         outcome, applied = self.rules.on_command(command)
         return outcome, self._record(applied)
+
+    def empty_line_ignored(self) -> list[ev.Event] | None:
+        """Events if a rule drops an empty client line; None to relay it."""
+        action = self.rules.ignores_empty_lines()
+        if action is None:
+            return None
+        return self._record([(action.rule_id, action.kind)])
+
+    def after_login(self) -> list[tuple[bytes, list[ev.Event]]]:
+        """(command without tag, events) for each command rules send after login."""
+        return [(command, self._record([applied])) for applied, command in self.rules.after_login()]
+
+    def upstream_tag(self, tag: bytes) -> tuple[bytes, list[ev.Event]]:
+        """The tag this client command carries upstream (rules may reshape it)."""
+        if not self.rules.maps_tags:
+            return tag, []
+        mapped, applied = self.rules.upstream_tag(tag)
+        return mapped, self._record(applied)
+
+    def record(self, applied: list[Applied]) -> list[ev.Event]:
+        """Report rule applications the session carried out itself (a keepalive)."""
+        return self._record(applied)
 
     def _record(self, applied: list[Applied]) -> list[ev.Event]:
         self.applied.update(applied)
@@ -141,8 +167,11 @@ class RuleHooks:
 
     # --- untagged responses ---------------------------------------------------------
 
-    def wants_response(self, kind: str) -> bool:
-        return kind in self.rules.response_kinds
+    def wants_response(self, kind: str, line: bytes | None = None) -> bool:
+        """Whether rules want this untagged kind parsed (and this first line, if given)."""
+        if kind not in self.rules.response_kinds:
+            return False
+        return line is None or self.rules.wants_line(kind, line)
 
     def rewrite_response(self, line: bytes) -> tuple[bytes, list[ev.Event]]:
         """A one-line untagged response after the rules (b"" when dropped); unparseable

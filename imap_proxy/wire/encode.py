@@ -233,7 +233,7 @@ def encode_response_code(code: ResponseCode) -> bytes:
         fragment = MessageBuilder().values(code.args).finish(b"")
         if fragment.literals:
             raise ValueError("a response code argument needs a literal")
-        inner = fragment.first_line
+        inner = fragment.first_line.removeprefix(b" ")  # values() puts a space before each
     head = code.name.encode("ascii")
     return b"[" + _checked_text(head + (b" " + inner if inner else b"")) + b"]"
 

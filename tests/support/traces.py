@@ -4,13 +4,18 @@ How this works: a trace (tests/rules/traces/*.txt) is what one client sends, one
 a line, in the transcript format of `transcript.py` restricted to what a client does:
 
     C: 58 login {user} {password}   a command; {user}, {password} and {sasl_plain} (the
-                                     AUTHENTICATE PLAIN initial response) are filled in
+                                     AUTHENTICATE PLAIN initial response) are filled in;
+                                     {crlf} is a bare CRLF sent just before the command
+                                     (iOS Mail's empty lines)
     X: append INBOX                  set-up done directly on Dovecot at that point:
                                      `append MAILBOX`, `subscribe MAILBOX`,
                                      `stale-subscription NAME` (NAME.Child exists,
                                      NAME is subscribed but only a \\Noselect parent),
                                      `expunge-elsewhere SET` (a second session selects
                                      INBOX and expunges those message numbers)
+    W: 10 * OK Still here            wait up to 10 s for a line holding that text (what
+                                     came by then is kept, whether it came or not)
+    C: DONE                          ends the IDLE before it; waits for the IDLE's answer
     E: <regex>                       the client-visible bytes must match it when the
                                      trace's rule fires
     # …                              a comment
@@ -23,11 +28,12 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.dovecot import DovecotInstance, MailUser
-from tests.support.proxy import RunningProxy
+from tests.support.proxy import RawClient, RunningProxy
 
 TRACES = Path(__file__).parent.parent / "rules" / "traces"
 
@@ -35,7 +41,7 @@ TRACES = Path(__file__).parent.parent / "rules" / "traces"
 @dataclass
 class Trace:
     name: str
-    steps: list[tuple[str, str]] = field(default_factory=list)  # ("C"|"X", text)
+    steps: list[tuple[str, str]] = field(default_factory=list)  # ("C"|"X"|"W", text)
     expect: list[str] = field(default_factory=list)
 
 
@@ -45,7 +51,7 @@ def load_trace(name: str) -> Trace:
         if not raw.strip() or raw.startswith("#"):
             continue
         prefix, _, text = raw.partition(": ")
-        if prefix in ("C", "X"):
+        if prefix in ("C", "X", "W"):
             trace.steps.append((prefix, text))
         elif prefix == "E":
             trace.expect.append(text)
@@ -60,6 +66,7 @@ def _fill(text: str, user: MailUser) -> str:
         text.replace("{user}", user.name)
         .replace("{password}", user.password)
         .replace("{sasl_plain}", plain)
+        .replace("{crlf}", "\r\n")
     )
 
 
@@ -99,14 +106,22 @@ def run_trace(
 ) -> bytes:
     with proxy.raw() as raw:
         received = raw.read_line()
+        idle_tag = b""
         for kind, text in trace.steps:
             if kind == "X":
                 _setup(text, upstream, user)
                 continue
+            if kind == "W":
+                received += _wait_for(raw, text)
+                continue
             line = _fill(text, user)
-            tag = line.split(" ", 1)[0].encode()
+            tag = line.rsplit("\r\n", 1)[-1].split(" ", 1)[0].encode()
+            if line.upper() == "DONE":
+                tag = idle_tag
             raw.send(line.encode() + b"\r\n")
             idle = line.upper().endswith(" IDLE")
+            if idle:
+                idle_tag = tag
             while True:
                 answer = raw.read_line()
                 received += answer
@@ -115,6 +130,27 @@ def run_trace(
                 if answer.startswith(tag + b" ") or (idle and answer.startswith(b"+")):
                     break
         return received
+
+
+def _wait_for(raw: RawClient, step: str) -> bytes:
+    """Lines until one holds the text, or the step's seconds are up."""
+    seconds, _, text = step.partition(" ")
+    deadline = time.monotonic() + float(seconds)
+    received = b""
+    previous = raw.sock.gettimeout()
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            raw.sock.settimeout(left)
+            try:
+                line = raw.read_line()
+            except TimeoutError:
+                break
+            received += line
+            if text.encode() in line:
+                break
+    finally:
+        raw.sock.settimeout(previous)
+    return received
 
 
 def expectations_met(trace: Trace, received: bytes) -> list[str]:

@@ -16,33 +16,57 @@ from imap_proxy.quirks.actions.base import (
     Emulate,
     EmulationAnswer,
     LocalAnswer,
+    ReplaceCommand,
     Rewrite,
     Script,
     StepResult,
     UpstreamCommand,
 )
 from imap_proxy.quirks.actions.capabilities import AnswerId, ShapeCapabilities
+from imap_proxy.quirks.actions.clients import ShedBackgroundLoad
 from imap_proxy.quirks.actions.folders import MapSpecialFolders, SynthesizeSpecialUse, Xlist
+from imap_proxy.quirks.actions.idle import IdleKeepalive
 from imap_proxy.quirks.actions.mailboxes import (
     LsubNoselect,
     LsubSpecialUse,
     StripTrailingSeparator,
 )
 from imap_proxy.quirks.actions.move import EmulateMove
+from imap_proxy.quirks.actions.robustness import (
+    DropFetchModifier,
+    EmptyPartialFetch,
+    IgnoreEmptyLines,
+    NormalizeBodyStructure,
+    UntaggedStatusText,
+)
+from imap_proxy.quirks.actions.servergaps import AnswerEnable, AnswerNamespace, EmulateUnselect
 from imap_proxy.quirks.actions.stubfetch import StubFetch
 from imap_proxy.quirks.actions.untagged import HoldUntagged
+from imap_proxy.quirks.actions.upstream import PrefixNumericTags, SendIdUpstream
 from imap_proxy.quirks.model import (
     ActionSpec,
+    AnswerEnableAction,
     AnswerIdAction,
+    AnswerNamespaceAction,
     CapabilitiesAction,
+    DropFetchModifierAction,
+    EmptyPartialFetchAction,
+    EmulateUnselectAction,
     HoldUntaggedAction,
+    IdleKeepaliveAction,
+    IgnoreEmptyLinesAction,
     LsubNoselectAction,
     LsubSpecialUseAction,
     MapSpecialFoldersAction,
     MoveEmulationAction,
+    NormalizeBodyStructureAction,
+    PrefixNumericTagsAction,
+    SendIdUpstreamAction,
+    ShedBackgroundLoadAction,
     StripTrailingSeparatorAction,
     StubFetchAction,
     SynthesizeSpecialUseAction,
+    UntaggedStatusTextAction,
     XlistAction,
 )
 
@@ -53,6 +77,7 @@ __all__ = [
     "Emulate",
     "EmulationAnswer",
     "LocalAnswer",
+    "ReplaceCommand",
     "Rewrite",
     "Script",
     "StepResult",
@@ -85,4 +110,28 @@ def build_action(rule_id: str, spec: ActionSpec) -> Action:
             return SynthesizeSpecialUse(rule_id, spec)
         case XlistAction():
             return Xlist(rule_id, spec)
+        case AnswerNamespaceAction():
+            return AnswerNamespace(rule_id, spec)
+        case AnswerEnableAction():
+            return AnswerEnable(rule_id, spec)
+        case EmulateUnselectAction():
+            return EmulateUnselect(rule_id, spec)
+        case IgnoreEmptyLinesAction():
+            return IgnoreEmptyLines(rule_id, spec)
+        case DropFetchModifierAction():
+            return DropFetchModifier(rule_id, spec)
+        case UntaggedStatusTextAction():
+            return UntaggedStatusText(rule_id, spec)
+        case EmptyPartialFetchAction():
+            return EmptyPartialFetch(rule_id, spec)
+        case NormalizeBodyStructureAction():
+            return NormalizeBodyStructure(rule_id, spec)
+        case ShedBackgroundLoadAction():
+            return ShedBackgroundLoad(rule_id, spec)
+        case SendIdUpstreamAction():
+            return SendIdUpstream(rule_id, spec)
+        case PrefixNumericTagsAction():
+            return PrefixNumericTags(rule_id, spec)
+        case IdleKeepaliveAction():
+            return IdleKeepalive(rule_id, spec)
     raise TypeError(f"no implementation for action {spec!r}")  # pragma: no cover

@@ -25,11 +25,16 @@ complete: their last argument is then the message literal still to stream
 (`LiteralString(None)`). Response hooks may also return `DROP` (the client does not see
 the response). An action with `wants_mailbox_list(command)` true makes the session learn
 the mailbox list (`LIST "" "*"`, shown to `learn_list` only) before the command goes on.
+
+A command hook may also return a `ReplaceCommand`: one command of the proxy's own sent in
+place of the client's, answered from its outcome (the client's state follows). `after_login`
+and `upstream_tag` are hooks for rules about the upstream's own needs (an ID after login,
+tag shapes).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Generator
+from collections.abc import Callable, Collection, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -124,6 +129,20 @@ class TaggedOutcome:
     stubs: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class ReplaceCommand:
+    """Send `command` (without a tag: the session gives it one of its own) upstream in
+    place of the client's, consume its answer (tagged line and untagged lines), and
+    answer the client what `answer` makes of it. The client's protocol state follows the
+    answer's status. `selected_only`: without a selected mailbox the client gets BAD at
+    once (as a server answers UNSELECT there)."""
+
+    command: bytes
+    name: str
+    answer: Callable[[bytes, list[bytes]], LocalAnswer]
+    selected_only: bool = False
+
+
 class Action:
     kind: ClassVar[str] = "action"
     commands: frozenset[str] = frozenset()
@@ -132,6 +151,10 @@ class Action:
     holds_untagged: ClassVar[bool] = False  # overrides holds()/releases_before()
     observes: frozenset[str] = frozenset()  # untagged kinds whose first line it sees
     watches_tagged: ClassVar[bool] = False  # overrides on_tagged()
+    ignores_empty_lines: ClassVar[bool] = False  # the session drops bare CRLF lines
+    maps_tags: ClassVar[bool] = False  # overrides upstream_tag()
+    keepalive_interval: float | None = None  # seconds of silence in IDLE before a keepalive
+    keepalive_line: bytes = b""
 
     def __init__(self, rule_id: str) -> None:
         self.rule_id = rule_id
@@ -141,14 +164,30 @@ class Action:
 
     def on_command(
         self, command: Command, view: SessionView
-    ) -> Rewrite | LocalAnswer | Emulate | None:
+    ) -> Rewrite | LocalAnswer | Emulate | ReplaceCommand | None:
         return None
+
+    def wants_command_line(self, line: bytes) -> bool:
+        """Whether a command of `commands` with this first line is worth holding whole."""
+        return True
+
+    def wants_line(self, kind: str, line: bytes) -> bool:
+        """Whether this untagged line (first line of the response) is worth parsing."""
+        return True
 
     def on_response(self, response: Response, view: SessionView) -> Response | Drop | None:
         return None
 
     def wants_mailbox_list(self, command: Command, view: SessionView) -> bool:
         return False
+
+    def after_login(self, view: SessionView) -> list[bytes]:
+        """Commands (without tags) to send upstream once a login succeeded."""
+        return []
+
+    def upstream_tag(self, tag: bytes) -> bytes | None:
+        """The tag to use upstream for this client tag; None keeps it."""
+        return None
 
     def holds(self, kind: str, running: Collection[str]) -> bool:
         return False
