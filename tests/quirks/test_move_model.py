@@ -72,12 +72,12 @@ class Server:
         if verb in (b"EXPUNGE", b"UID EXPUNGE"):
             limit = UidSet.parse(words[2]) if verb == b"UID EXPUNGE" else None
             gone = [u for u, d in self.source if d and (limit is None or u in limit)]
-            lines = []
+            expunged: list[bytes] = []
             for uid in gone:
                 number = [u for u, _d in self.source].index(uid) + 1
                 self.source = [(u, d) for u, d in self.source if u != uid]
-                lines.append(b"* %d EXPUNGE\r\n" % number)
-            return StepResult("OK", b"t OK\r\n", tuple(lines))
+                expunged.append(b"* %d EXPUNGE\r\n" % number)
+            return StepResult("OK", b"t OK\r\n", tuple(expunged))
         raise AssertionError(f"unexpected command {line!r}")
 
 
