@@ -186,20 +186,21 @@ def test_other_sessions_deleted_messages_are_never_expunged(
     )
 
 
-def test_move_into_a_missing_mailbox_is_trycreate_and_changes_nothing(
+def test_move_into_a_missing_mailbox_or_of_missing_messages_changes_nothing(
     dovecot_legacy: DovecotInstance, fresh_mail_user: NewUser
 ) -> None:
-    commands = [b"a UID MOVE 1 Nowhere", b"b MOVE 1:2 Nowhere"]
+    commands = [b"a UID MOVE 1 Nowhere", b"b MOVE 1:2 Nowhere", b"c MOVE 7 Sent"]
     native, emulated, user, observed = native_and_emulated(
         dovecot_legacy, fresh_mail_user, commands, count=2
     )
     assert [normalised(a) for a in emulated] == [normalised(a) for a in native]
     assert emulated[0].startswith(b"a NO [TRYCREATE] ")
+    assert emulated[2].startswith(b"c BAD ")  # no message 7: as native MOVE says
     assert subjects(dovecot_legacy, user, "INBOX") == ["m1", "m2"]
     assert all(
         "\\Deleted" not in f for f in flags_by_subject(dovecot_legacy, user, "INBOX").values()
     )
-    assert [e.outcome for e in observed if isinstance(e, ev.EmulationFinished)] == ["failed"] * 2
+    assert [e.outcome for e in observed if isinstance(e, ev.EmulationFinished)] == ["failed"] * 3
 
 
 def test_commands_pipelined_behind_a_move_are_answered_in_order(

@@ -309,6 +309,14 @@ def test_malformed_move_is_answered_bad(args: tuple[Atom, ...]) -> None:
     assert outcome.status_text.startswith(b"BAD ")  # type: ignore[union-attr]
 
 
+def test_uid_set_membership_matches_the_ranges() -> None:
+    scattered = UidSet.of(range(1, 200_001, 2))  # 100 000 ranges of one
+    assert 1 in scattered and 199_999 in scattered
+    assert 2 not in scattered and 0 not in scattered and 200_001 not in scattered
+    assert sum(1 for n in range(1, 20_001) if n in scattered) == 10_000
+    assert 7 in UidSet.parse(b"5:9") and 10 not in UidSet.parse(b"5:9")  # type: ignore[operator]
+
+
 def test_uid_sets_stay_ranges() -> None:
     assert UidSet.parse(b"1:4294967295") == UidSet(((1, 4294967295),))
     assert bytes(UidSet.parse(b"7,1:3,4") or UidSet(())) == b"1:4,7"

@@ -178,33 +178,42 @@ def _expunge_rfc4315(out: bytearray, moved: UidSet) -> Script:
     if search.status != "OK":
         return (yield from _roll_back(out, moved, search))
     others = UidSet.of(u for u in deleted if u not in moved)
+    note = b""
     if others:
         unflag = yield _store(others, b"-FLAGS.SILENT")
         out += _without_echoes(unflag.untagged, others)
         if unflag.status != "OK":
             reflag = yield _store(others, b"+FLAGS.SILENT")
             out += _without_echoes(reflag.untagged, others)
-            return (yield from _roll_back(out, moved, unflag))
+            return (yield from _roll_back(out, moved, unflag, _reflag_note(reflag, others)))
     expunge = yield UpstreamCommand("EXPUNGE", ())
     out += b"".join(expunge.untagged)
     if others:
         reflag = yield _store(others, b"+FLAGS.SILENT")
         out += _without_echoes(reflag.untagged, others)
+        note = _reflag_note(reflag, others)
     if expunge.status != "OK":
-        return (yield from _roll_back(out, moved, expunge))
-    return EmulationAnswer(bytes(out), b"OK Move completed", "ok")
+        return (yield from _roll_back(out, moved, expunge, note))
+    return EmulationAnswer(bytes(out), b"OK Move completed" + note, "ok")
 
 
-def _roll_back(out: bytearray, moved: UidSet, failed: StepResult) -> Script:
+def _reflag_note(reflag: StepResult, others: UidSet) -> bytes:
+    """What the client must be told if other messages could not get \\Deleted back."""
+    if reflag.status == "OK":
+        return b""
+    return b"; re-flagging \\Deleted failed for UIDs " + bytes(others)
+
+
+def _roll_back(out: bytearray, moved: UidSet, failed: StepResult, note: bytes = b"") -> Script:
     """A step after the COPY failed: take \\Deleted off the originals again."""
     undo = yield _store(moved, b"-FLAGS.SILENT")
     out += _without_echoes(undo.untagged, moved)
     reason = b"MOVE failed (" + _relayed_status(failed) + b")"
     if undo.status == "OK":
         text = b"NO " + reason + b"; the messages stay in the source mailbox, copies remain"
-        return EmulationAnswer(bytes(out), text + b" in the target", "rolled_back")
+        return EmulationAnswer(bytes(out), text + b" in the target" + note, "rolled_back")
     text = b"NO " + reason + b"; the originals are flagged \\Deleted, copies are in the target"
-    return EmulationAnswer(bytes(out), text, "failed")
+    return EmulationAnswer(bytes(out), text + note, "failed")
 
 
 def _store(uids: UidSet, how: bytes) -> UpstreamCommand:
