@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
+from imap_proxy import __version__
 from imap_proxy.config import RecorderConfig
 from imap_proxy.config_loader import ConfigError
 from imap_proxy.observe.logging import get_logger
@@ -226,7 +227,7 @@ class _Recording:
         policy = self.config.keep_literals.value
         self.write(
             [
-                "# imap-proxy session recording; credentials redacted",
+                f"# imap-proxy {__version__} session recording; credentials redacted",
                 FORMAT_NOTE,
                 f"# session {self.session_id}, started "
                 + time.strftime("%Y-%m-%dT%H:%M:%SZ", self.started),
@@ -268,17 +269,18 @@ class _Recording:
         if not self.chosen:
             return
         text = "".join(line + "\n" for line in lines)
+        size = len(text) if text.isascii() else len(text.encode("utf-8"))
         try:
             if self.file is None:
                 self.path, self.file = self.recorder.open_file(self.session_id, self.started)
-            if self.written + len(text) > self.config.max_file_bytes:
+            if self.written + size > self.config.max_file_bytes:
                 note = f"# recording stopped: max_file_bytes ({self.config.max_file_bytes})\n"
                 self.file.write(note)
                 self.written += len(note)
                 self.stop("max_file_bytes")
                 return
             self.file.write(text)
-            self.written += len(text)
+            self.written += size
         except OSError as error:
             _log.warning("session recording failed", session=self.session_id, error=str(error))
             self.stop("write failed")
@@ -294,10 +296,13 @@ class _Recording:
         self.write([f"# ended: {outcome}{family}"])
         self.stop(None)
 
-    def stop(self, _why: str | None) -> None:
+    def stop(self, reason: str | None) -> None:
+        """No more recording; `reason` when it ends early (logged at debug level)."""
         if self.stopped:
             return
         self.stopped = True
+        if reason is not None:
+            _log.debug("session recording stopped", session=self.session_id, reason=reason)
         self.pending = []
         if self.file is not None and self.path is not None:
             try:
