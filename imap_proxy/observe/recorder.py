@@ -73,13 +73,12 @@ class _Lines:
     def add(self, data: bytes) -> list[bytes]:
         if not data:
             return []
-        self._partial += data
-        pieces = []
-        start = 0
-        while (end := self._partial.find(b"\r\n", start)) >= 0:
-            pieces.append(bytes(self._partial[start : end + 2]))
-            start = end + 2
-        del self._partial[:start]
+        if self._partial:
+            data = bytes(self._partial) + data
+            self._partial.clear()
+        *lines, rest = data.split(b"\r\n")
+        pieces = [line + b"\r\n" for line in lines]
+        self._partial += rest
         if len(self._partial) > MAX_PARTIAL:
             pieces.extend(self.flush())
         return pieces
@@ -129,8 +128,11 @@ class SessionTranscript:
         """`data` read from the client (CLIENT_IN) or upstream (UPSTREAM_IN), and its events."""
         inputs = self._feed(stream, data)
         outputs = self._outputs(events)
-        entries: list[TraceLine] = []
         target = _RELAY_TARGET[stream]
+        if [piece for _s, piece in outputs] == inputs and all(s == target for s, _p in outputs):
+            prefix = _RELAYED[stream]  # the common case: everything relayed as it came
+            return [TraceLine(prefix, piece) for piece in inputs]
+        entries: list[TraceLine] = []
         # Relayed pieces still to come in this call: an input none of them repeats is
         # written (as consumed) before the next output, so the entries read in order.
         relayed_later = Counter(piece for out_stream, piece in outputs if out_stream == target)
