@@ -49,6 +49,7 @@ PENDING_LIMIT: Final = 1024 * 1024  # octets held for a session not yet chosen o
 MAX_PARTIAL: Final = 64 * 1024  # a longer line is written in pieces
 SUFFIX: Final = ".trace"
 PART_SUFFIX: Final = ".trace.part"
+RULES_NOTE: Final = "# rules: "  # then the rules directory the session ran with
 FORMAT_NOTE: Final = "# format: C:/S: transcript (imap_proxy/wire/transcript.py)"
 
 _log = get_logger("imap_proxy.recorder")
@@ -234,6 +235,7 @@ class _Recording:
                 f"# session {self.session_id}, started "
                 + time.strftime("%Y-%m-%dT%H:%M:%SZ", self.started),
                 f"# literals over {self.config.literal_keep_octets} octets: {policy}",
+                f"{RULES_NOTE}{settings.rules.origin or 'none'}",
                 format_entry(DIRECTIVE, settings_directive(settings).data),
             ]
         )
