@@ -36,6 +36,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 from imap_proxy import __version__
 from imap_proxy.config import RecorderConfig
 from imap_proxy.config_loader import ConfigError
+from imap_proxy.net.connection import ConnectionClosed
 from imap_proxy.observe.logging import get_logger
 from imap_proxy.observe.redact import StreamRedactor
 from imap_proxy.session import events as ev
@@ -43,7 +44,7 @@ from imap_proxy.session.settings import SessionSettings
 from imap_proxy.wire.transcript import DIRECTIVE, TraceLine, format_entry
 
 if TYPE_CHECKING:
-    from imap_proxy.net.connection import SessionFactory, SessionLike
+    from imap_proxy.net.connection import ConnectionEvent, SessionFactory, SessionLike
 
 PENDING_LIMIT: Final = 1024 * 1024  # octets held for a session not yet chosen or dropped
 MAX_PARTIAL: Final = 64 * 1024  # a longer line is written in pieces
@@ -290,6 +291,7 @@ class _Recording:
             self.stop("write failed")
 
     def finish(self, outcome: str) -> None:
+        self.recorder.forget(self.session_id)
         if self.chosen is None:
             self.decide(None)  # never logged in: only a family filter can choose it
         self.write([format_entry(e.prefix, e.data) for e in self.transcript.finish()])
@@ -366,7 +368,15 @@ class RecordingSession:
 
     def finish(self, outcome: str) -> None:
         """The connection is over: write what is left and close the file."""
-        self._guarded(lambda: self._recording.finish(outcome))
+        self.finish_recording(self._recording, outcome)
+
+    @staticmethod
+    def finish_recording(recording: _Recording, outcome: str) -> None:
+        try:
+            recording.finish(outcome)
+        except Exception:  # the recorder must never take a connection down
+            _log.exception("session recorder failed", session=recording.session_id)
+            recording.stop("recorder failed")
 
     def _received(self, stream: str, data: bytes, events: list[ev.Event]) -> list[ev.Event]:
         recording = self._recording
@@ -410,6 +420,7 @@ class Recorder:
             raise ConfigError(
                 [f"recorder.directory: {self.directory}: {error.strerror or error}"]
             ) from None
+        self._active: dict[str, _Recording] = {}  # by session (connection) id
         self._finished: deque[tuple[Path, int]] = deque(sizes)
         self._total = sum(size for _path, size in self._finished)
         _log.info(
@@ -431,7 +442,19 @@ class Recorder:
         return factory
 
     def wrap(self, session: SessionLike, settings: SessionSettings) -> RecordingSession:
-        return RecordingSession(session, _Recording(self, settings))
+        recording = _Recording(self, settings)
+        self._active[recording.session_id] = recording
+        return RecordingSession(session, recording)
+
+    def observe(self, event: ConnectionEvent) -> None:
+        """A connection observer: a closed connection's recording is finished."""
+        if isinstance(event, ConnectionClosed):
+            recording = self._active.get(event.connection_id)
+            if recording is not None:
+                RecordingSession.finish_recording(recording, event.outcome)
+
+    def forget(self, session_id: str) -> None:
+        self._active.pop(session_id, None)
 
     def open_file(self, session_id: str, started: time.struct_time) -> tuple[Path, IO[str]]:
         safe_id = "".join(c if c.isalnum() or c in "-_" else "_" for c in session_id)
