@@ -49,6 +49,9 @@ def add_replay_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
             examples:
               imap-proxy replay recordings/20261203T101500Z-Xy3.trace
               imap-proxy replay session.trace --rules ./my-rules --diff recorded --check
+
+            exit status: 0; 1 with --check when "with rules" differs from the recording;
+            2 when the trace or the rules cannot be read. See docs/observability.md.
             """
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -129,3 +129,9 @@ def test_invalid_rules_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     rules = rules_dir(tmp_path, "rules:\n  - id: Not Valid\n")
     assert main(["replay", RECORDING, "--rules", rules]) == 2
     assert "imap-proxy: " in capsys.readouterr().err
+
+
+def test_the_fingerprint_command_reads_recordings_too(capsys: pytest.CaptureFixture[str]) -> None:
+    """One parser: `imap-proxy fingerprint` takes a recording (directives and all)."""
+    assert main(["fingerprint", RECORDING]) == 0
+    assert capsys.readouterr().out.startswith("client: ")

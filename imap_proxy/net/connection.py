@@ -57,7 +57,6 @@ from imap_proxy.net.limits import DEFAULT_HIGH_WATER, QueuedWriter
 from imap_proxy.net.timers import Timers
 from imap_proxy.net.upstream import Dialer, UpstreamUnavailable, describe_failure
 from imap_proxy.observe.logging import get_logger, user_label
-from imap_proxy.observe.recorder import RecordingSession
 from imap_proxy.quirks.model import RuleSet
 from imap_proxy.quirks.store import QuirkSnapshot, RuleStore
 from imap_proxy.session import events as ev
@@ -277,8 +276,6 @@ class ClientConnection:
             with trio.CancelScope(shield=True):
                 await self._close_streams()
             self._log_closed()
-            if isinstance(self._session, RecordingSession):
-                self._session.finish(self.outcome or "closed")
 
     # ------------------------------------------------------------- life cycle
 

@@ -461,8 +461,6 @@ async def serve(
     )
     store = rules if rules is not None else RuleStore.load(config.rules)
     server.rules = handle.rules = store
-    if config.recorder.enabled:
-        server.session_factory = Recorder(config.recorder).session_factory(session_factory)
     reload_rules = _rule_reloader(store, handle)
     handle.reloaders.append(reload_rules)
     if server_ssl is not None:
@@ -473,6 +471,10 @@ async def serve(
         server.metrics = handle.metrics = metrics
         server.observer = fan_out(observer, metrics.observe)
         metrics.track_live_connections(lambda: handle.connections)
+    if config.recorder.enabled:  # wraps chosen sessions; finishes each when it closes
+        recorder = Recorder(config.recorder)
+        server.session_factory = recorder.session_factory(session_factory)
+        server.observer = fan_out(server.observer, recorder.observe)
     handle.ready_checks.append(lambda: "draining" if handle.draining else None)
     for bound in handle.bound:
         _log.info("listening", listener=bound.listener, address=bound.host, port=bound.port)

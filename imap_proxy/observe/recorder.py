@@ -33,8 +33,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
+from imap_proxy import __version__
 from imap_proxy.config import RecorderConfig
 from imap_proxy.config_loader import ConfigError
+from imap_proxy.net.connection import ConnectionClosed
 from imap_proxy.observe.logging import get_logger
 from imap_proxy.observe.redact import StreamRedactor
 from imap_proxy.session import events as ev
@@ -42,12 +44,13 @@ from imap_proxy.session.settings import SessionSettings
 from imap_proxy.wire.transcript import DIRECTIVE, TraceLine, format_entry
 
 if TYPE_CHECKING:
-    from imap_proxy.net.connection import SessionFactory, SessionLike
+    from imap_proxy.net.connection import ConnectionEvent, SessionFactory, SessionLike
 
 PENDING_LIMIT: Final = 1024 * 1024  # octets held for a session not yet chosen or dropped
 MAX_PARTIAL: Final = 64 * 1024  # a longer line is written in pieces
 SUFFIX: Final = ".trace"
 PART_SUFFIX: Final = ".trace.part"
+RULES_NOTE: Final = "# rules: "  # then the rules directory the session ran with
 FORMAT_NOTE: Final = "# format: C:/S: transcript (imap_proxy/wire/transcript.py)"
 
 _log = get_logger("imap_proxy.recorder")
@@ -72,13 +75,12 @@ class _Lines:
     def add(self, data: bytes) -> list[bytes]:
         if not data:
             return []
-        self._partial += data
-        pieces = []
-        start = 0
-        while (end := self._partial.find(b"\r\n", start)) >= 0:
-            pieces.append(bytes(self._partial[start : end + 2]))
-            start = end + 2
-        del self._partial[:start]
+        if self._partial:
+            data = bytes(self._partial) + data
+            self._partial.clear()
+        *lines, rest = data.split(b"\r\n")
+        pieces = [line + b"\r\n" for line in lines]
+        self._partial += rest
         if len(self._partial) > MAX_PARTIAL:
             pieces.extend(self.flush())
         return pieces
@@ -128,8 +130,11 @@ class SessionTranscript:
         """`data` read from the client (CLIENT_IN) or upstream (UPSTREAM_IN), and its events."""
         inputs = self._feed(stream, data)
         outputs = self._outputs(events)
-        entries: list[TraceLine] = []
         target = _RELAY_TARGET[stream]
+        if [piece for _s, piece in outputs] == inputs and all(s == target for s, _p in outputs):
+            prefix = _RELAYED[stream]  # the common case: everything relayed as it came
+            return [TraceLine(prefix, piece) for piece in inputs]
+        entries: list[TraceLine] = []
         # Relayed pieces still to come in this call: an input none of them repeats is
         # written (as consumed) before the next output, so the entries read in order.
         relayed_later = Counter(piece for out_stream, piece in outputs if out_stream == target)
@@ -226,11 +231,12 @@ class _Recording:
         policy = self.config.keep_literals.value
         self.write(
             [
-                "# imap-proxy session recording; credentials redacted",
+                f"# imap-proxy {__version__} session recording; credentials redacted",
                 FORMAT_NOTE,
                 f"# session {self.session_id}, started "
                 + time.strftime("%Y-%m-%dT%H:%M:%SZ", self.started),
                 f"# literals over {self.config.literal_keep_octets} octets: {policy}",
+                f"{RULES_NOTE}{settings.rules.origin or 'none'}",
                 format_entry(DIRECTIVE, settings_directive(settings).data),
             ]
         )
@@ -268,22 +274,24 @@ class _Recording:
         if not self.chosen:
             return
         text = "".join(line + "\n" for line in lines)
+        size = len(text) if text.isascii() else len(text.encode("utf-8"))
         try:
             if self.file is None:
                 self.path, self.file = self.recorder.open_file(self.session_id, self.started)
-            if self.written + len(text) > self.config.max_file_bytes:
+            if self.written + size > self.config.max_file_bytes:
                 note = f"# recording stopped: max_file_bytes ({self.config.max_file_bytes})\n"
                 self.file.write(note)
                 self.written += len(note)
                 self.stop("max_file_bytes")
                 return
             self.file.write(text)
-            self.written += len(text)
+            self.written += size
         except OSError as error:
             _log.warning("session recording failed", session=self.session_id, error=str(error))
             self.stop("write failed")
 
     def finish(self, outcome: str) -> None:
+        self.recorder.forget(self.session_id)
         if self.chosen is None:
             self.decide(None)  # never logged in: only a family filter can choose it
         self.write([format_entry(e.prefix, e.data) for e in self.transcript.finish()])
@@ -294,10 +302,13 @@ class _Recording:
         self.write([f"# ended: {outcome}{family}"])
         self.stop(None)
 
-    def stop(self, _why: str | None) -> None:
+    def stop(self, reason: str | None) -> None:
+        """No more recording; `reason` when it ends early (logged at debug level)."""
         if self.stopped:
             return
         self.stopped = True
+        if reason is not None:
+            _log.debug("session recording stopped", session=self.session_id, reason=reason)
         self.pending = []
         if self.file is not None and self.path is not None:
             try:
@@ -357,7 +368,15 @@ class RecordingSession:
 
     def finish(self, outcome: str) -> None:
         """The connection is over: write what is left and close the file."""
-        self._guarded(lambda: self._recording.finish(outcome))
+        self.finish_recording(self._recording, outcome)
+
+    @staticmethod
+    def finish_recording(recording: _Recording, outcome: str) -> None:
+        try:
+            recording.finish(outcome)
+        except Exception:  # the recorder must never take a connection down
+            _log.exception("session recorder failed", session=recording.session_id)
+            recording.stop("recorder failed")
 
     def _received(self, stream: str, data: bytes, events: list[ev.Event]) -> list[ev.Event]:
         recording = self._recording
@@ -401,6 +420,7 @@ class Recorder:
             raise ConfigError(
                 [f"recorder.directory: {self.directory}: {error.strerror or error}"]
             ) from None
+        self._active: dict[str, _Recording] = {}  # by session (connection) id
         self._finished: deque[tuple[Path, int]] = deque(sizes)
         self._total = sum(size for _path, size in self._finished)
         _log.info(
@@ -422,7 +442,19 @@ class Recorder:
         return factory
 
     def wrap(self, session: SessionLike, settings: SessionSettings) -> RecordingSession:
-        return RecordingSession(session, _Recording(self, settings))
+        recording = _Recording(self, settings)
+        self._active[recording.session_id] = recording
+        return RecordingSession(session, recording)
+
+    def observe(self, event: ConnectionEvent) -> None:
+        """A connection observer: a closed connection's recording is finished."""
+        if isinstance(event, ConnectionClosed):
+            recording = self._active.get(event.connection_id)
+            if recording is not None:
+                RecordingSession.finish_recording(recording, event.outcome)
+
+    def forget(self, session_id: str) -> None:
+        self._active.pop(session_id, None)
 
     def open_file(self, session_id: str, started: time.struct_time) -> tuple[Path, IO[str]]:
         safe_id = "".join(c if c.isalnum() or c in "-_" else "_" for c in session_id)

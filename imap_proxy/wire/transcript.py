@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,19 +105,25 @@ def load(path: Path) -> list[TraceLine]:
     return parse(path.read_text(encoding="utf-8"))
 
 
+# Octets (in ASCII text) that end a line for `str.splitlines`, so cannot be inside one.
+_ASCII_BREAKS = re.compile(rb"[\r\n\x0b\x0c\x1c-\x1e]")
+
+
 def _as_text(data: bytes) -> str | None:
     """The text form of `data` (without its CRLF), or None if it needs base64."""
     if not data.endswith(b"\r\n"):
         return None
     body = data[:-2]
-    if b"\r" in body or b"\n" in body:
+    if _ASCII_BREAKS.search(body):
         return None
+    if body.isascii():
+        return body.decode("ascii")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    if text.splitlines() != ([text] if text else []):
-        return None  # \x0b, \x0c, \x1c-\x1e, \x85, \u2028, \u2029 break lines too
+    if text.splitlines() != [text]:
+        return None  # \x85, \u2028, \u2029 break lines too
     return text
 
 

@@ -20,10 +20,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imap_proxy.config import RecorderConfig
-from imap_proxy.config_loader import ConfigError
+from imap_proxy.config import KeepLiterals, RecorderConfig
+from imap_proxy.config_loader import ConfigError, load_config
 from imap_proxy.observe.recorder import Recorder, RecordingSession
-from imap_proxy.quirks.model import RuleSet
+from imap_proxy.quirks.model import RuleSet, load_rules
 from imap_proxy.session import events as ev
 from imap_proxy.session.proxy import ProxySession
 from imap_proxy.session.replay import replay
@@ -33,6 +33,7 @@ from imap_proxy.wire import transcript
 GREETING = b"* OK [CAPABILITY IMAP4rev1 LITERAL+ SASL-IR AUTH=PLAIN AUTH=LOGIN] ready\r\n"
 PASSWORD = "s3cret pa$$"  # a space, so only a quoted string or a literal carries it
 Script = Sequence[tuple[str, bytes]]
+SHIPPED_RULES = load_rules()
 
 
 @dataclass
@@ -544,3 +545,68 @@ def test_any_chunking_records_no_secret_and_replays_to_the_live_bytes(
     assert "hunter2" not in recorded.text
     assert base64.b64encode(b"\0alice\0hunter2").decode() not in recorded.text
     assert_replays_to_live(recorded)
+
+
+# --- configuration ------------------------------------------------------------------------
+
+
+def test_the_recorder_section_loads_from_a_file_and_the_environment(tmp_path: Path) -> None:
+    config_file = tmp_path / "proxy.yaml"
+    config_file.write_text(
+        "recorder:\n  enabled: true\n  directory: /var/rec\n  families: [outlook]\n"
+        "  keep_literals: truncate\n"
+    )
+    environ = {"IMAP_PROXY_RECORDER__SAMPLE_RATE": "0.25"}
+    config = load_config(config_file, {}, environ).recorder
+    assert config.enabled and config.directory == Path("/var/rec")
+    assert config.families == ["outlook"] and config.sample_rate == 0.25
+    assert config.keep_literals is KeepLiterals.TRUNCATE
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "problem"),
+    [
+        ("recorder:\n  keep_literals: some\n", "keep_literals"),
+        ("recorder:\n  sample_rate: 2\n", "sample_rate"),
+        ("recorder:\n  enabled: true\n", "recorder.directory"),
+        ("recorder:\n  max_file_bytes: 100000\n  max_total_bytes: 5000\n", "max_total_bytes"),
+        ("recorder:\n  match: all\n", "match"),
+    ],
+)
+def test_a_bad_recorder_section_is_a_clear_error(
+    tmp_path: Path, yaml_text: str, problem: str
+) -> None:
+    config_file = tmp_path / "proxy.yaml"
+    config_file.write_text(yaml_text)
+    with pytest.raises(ConfigError) as raised:
+        load_config(config_file, {}, {})
+    assert problem in "\n".join(raised.value.problems)
+
+
+LEGACY_GREETING = b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] legacy ready\r\n"
+
+
+@CHUNKS
+def test_literal_conversion_and_local_answers_record_and_replay(tmp_path: Path, chunk: int) -> None:
+    """An upstream without LITERAL+ or ID: the proxy turns the client's `{n+}` into `{n}`
+    and waits for each `+`, and answers ID itself (with the packaged rules)."""
+    script = [
+        ("s", LEGACY_GREETING),
+        ("c", b'a0 ID ("name" "test")\r\n'),
+        ("c", b"a1 LOGIN {5+}\r\nalice {7+}\r\nhunter2\r\n"),
+        ("s", b"+ ready\r\n"),
+        ("s", b"+ ready\r\n"),
+        ("s", b"a1 OK logged in\r\n"),
+        ("c", b"a2 LOGOUT\r\n"),
+        ("s", b"* BYE bye\r\na2 OK done\r\n"),
+        ("!", b"upstream-closed"),
+    ]
+    settings = SessionSettings(rules=SHIPPED_RULES, peer=PeerInfo(session_id="s1"))
+    recorded = record(tmp_path, script, chunk=chunk, settings=settings)
+    assert recorded is not None
+    assert "hunter2" not in recorded.text
+    assert ">s: alice {10}" in recorded.text  # converted, and redacted to its new size
+    assert "c: a0 ID" in recorded.text and ">c: * ID NIL" in recorded.text
+    result = replay(recorded.entries, rules=SHIPPED_RULES)
+    assert result.to_client == recorded.live_client
+    assert result.upstream_divergence is None

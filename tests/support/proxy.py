@@ -9,6 +9,8 @@ test thread through trio's cross-thread calls, and the thread is joined.
 Debug logs to a file (for tests/integration/test_no_secrets_in_logs.py): with the
 environment variable IMAP_PROXY_TEST_LOG_FILE set to a path, `running_proxy` configures
 logging at debug level, as JSON lines appended to that file, before starting the proxy.
+Likewise IMAP_PROXY_TEST_RECORD_DIR turns the session recorder on, into that directory
+(tests/integration/test_no_secrets_in_recordings.py).
 """
 
 from __future__ import annotations
@@ -24,16 +26,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
 import trio
 
-from imap_proxy.config import LogFormat, ProxyConfig
+from imap_proxy.config import LogFormat, ProxyConfig, RecorderConfig
 from imap_proxy.net.server import ServerHandle, serve
 from imap_proxy.observe.logging import configure_logging
 
 TEST_LOG_FILE_ENV = "IMAP_PROXY_TEST_LOG_FILE"
+TEST_RECORD_DIR_ENV = "IMAP_PROXY_TEST_RECORD_DIR"
 _test_log_streams: dict[str, TextIO] = {}
 _test_log_lock = threading.Lock()
 
@@ -146,11 +150,24 @@ def log_to_test_file_if_asked() -> None:
     )
 
 
+def record_if_asked(config: ProxyConfig) -> ProxyConfig:
+    """Honour IMAP_PROXY_TEST_RECORD_DIR: every session recorded there (unless the test
+    configured a recorder itself), for tests/integration/test_no_secrets_in_recordings.py."""
+    directory = os.environ.get(TEST_RECORD_DIR_ENV)
+    if not directory or config.recorder.enabled:
+        return config
+    recorder = RecorderConfig(
+        enabled=True, directory=Path(directory), max_total_bytes=1 << 40, max_file_bytes=1 << 30
+    )
+    return config.model_copy(update={"recorder": recorder})
+
+
 @contextmanager
 def running_proxy(config: ProxyConfig, **serve_options: Any) -> Iterator[RunningProxy]:
     """The real server on the config's (port 0) listeners; `serve_options` go to serve()
     (an `observer`, a `rules` store, …)."""
     log_to_test_file_if_asked()
+    config = record_if_asked(config)
     started = threading.Event()
     box: dict[str, Any] = {}
 
