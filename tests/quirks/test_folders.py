@@ -8,14 +8,16 @@ has no fingerprint here): what the upstream and the client must receive, byte fo
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imap_proxy.quirks.engine import SessionView
 from imap_proxy.quirks.foldermap import FolderMap, Verdict, split_name
 from imap_proxy.quirks.model import LoadedRule, Match, RuleSet, load_rules
 from imap_proxy.session import events as ev
+from imap_proxy.session.proxy import ProxySession
 from imap_proxy.session.settings import SessionSettings
+from imap_proxy.wire.framer import FrameLimits
 from imap_proxy.wire.mutf7 import encode_mutf7
 from imap_proxy.wire.response import ListData
 from tests.support.transcript import CHUNKERS_FOR_UNIT, expected_outputs, parse, replay
@@ -686,3 +688,55 @@ S: s2 OK List completed
 """,
         OUTLOOK,
     )
+
+
+# --- any bytes, with every special-folder rule active: events, never an exception ----
+
+FUZZ_RULES = rules(
+    "outlook-special-folders", "special-use-synthesis", "xlist", "outlook-lsub-special-use"
+)
+CLIENT_WORDS = [
+    b"a LOGIN u p\r\n",
+    b'b SELECT "Deleted Items"\r\n',
+    b"c APPEND {13}\r\nDeleted Items {3+}\r\nabc\r\n",
+    b'd APPEND "Deleted Items" (\\Seen) {5}\r\n',
+    b'e RENAME "Deleted Items.x" {3}\r\n',
+    b'f LIST (SPECIAL-USE) "" "*" RETURN (SPECIAL-USE)\r\n',
+    b'g XLIST "" ("Deleted Items" *)\r\n',
+    b'h CREATE "Deleted Items"\r\n',
+    b'i STATUS "Sent Items" (MESSAGES)\r\n',
+    b"j APPEND {999999}\r\n",
+]
+UPSTREAM_WORDS = [
+    b"+ go\r\n",
+    b'* LIST (\\HasNoChildren) "." Deleted\r\n',
+    b'* LIST () "." {13}\r\nDeleted Items\r\n',
+    b'* LSUB () NIL "Sent"\r\n',
+    b'* STATUS "Deleted" (MESSAGES 1)\r\n',
+    b"* LIST (\\Trash\r\n",
+    b"ipx1 OK done\r\n",
+    b"a OK done\r\n",
+    b"* 3 EXISTS\r\n",
+]
+_chunks = st.one_of(st.binary(max_size=30), st.sampled_from(CLIENT_WORDS + UPSTREAM_WORDS))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), _chunks), max_size=30))
+def test_random_streams_with_the_folder_rules_never_raise(script: list[tuple[bool, bytes]]) -> None:
+    session = ProxySession(
+        SessionSettings(
+            rules=FUZZ_RULES,
+            client_limits=FrameLimits(max_line_length=200, max_literal_size=2000),
+            capture_literal_max=64,
+        )
+    )
+    events = session.receive_from_upstream(b"* OK [CAPABILITY IMAP4rev1 UIDPLUS] hi\r\n")
+    for from_client, data in script:
+        if from_client:
+            events += session.receive_from_client(data)
+        else:
+            events += session.receive_from_upstream(data)
+    events += session.upstream_closed()
+    events += session.client_closed()
+    assert len([e for e in events if isinstance(e, ev.Close)]) == 1
