@@ -13,8 +13,8 @@ changes, so a rule applies from the moment its match holds. The hooks are:
 * `response_kinds`          - untagged kinds an action wants parsed (LIST, LSUB, …);
 * `on_response(resp)`       - rewrite an untagged response;
 * `holds()/releases_before()` - hold untagged data until a point it may be delivered;
-* `observed_kinds` / `on_untagged_line(kind, line, whole)` - see the first line of an
-  untagged response (a one-line one may be kept back);
+* `observed_kinds` / `on_untagged_line(kind, line, whole, running)` - see the first
+  line of an untagged response (a one-line one may be kept back);
 * `watches_tagged` / `on_tagged(tag, name, line, lookup)` - act on a tagged completion
   (the first action with an outcome decides it).
 
@@ -25,7 +25,7 @@ the session can record them (logs, metrics).
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 from imap_proxy.quirks.actions import Action, LocalAnswer, Rewrite, build_action
@@ -176,12 +176,14 @@ class SessionRules:
     def releases_before(self, command: str) -> Sequence[Action]:
         return [action for action in self.active if action.releases_before(command)]
 
-    def on_untagged_line(self, kind: str, line: bytes, whole: bool) -> bool:
+    def on_untagged_line(
+        self, kind: str, line: bytes, whole: bool, running: Callable[[], Collection[str]]
+    ) -> bool:
         """Every observing action sees the line; True if one of them kept it back."""
         kept = False
         for action in self.active:
             if kind in action.observes:
-                kept |= action.on_untagged_line(kind, line, whole and not kept, self.view)
+                kept |= action.on_untagged_line(kind, line, whole and not kept, running)
         return kept
 
     def on_tagged(

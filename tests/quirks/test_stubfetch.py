@@ -405,3 +405,21 @@ def test_served_stubs_count_in_the_emulations_metric() -> None:
         "imap_proxy_emulations_total", {"kind": "stub_fetch", "outcome": "served"}
     )
     assert served == 1
+
+
+def test_stale_followed_commands_never_hold_expunges_for_good() -> None:
+    from imap_proxy.quirks.actions.stubfetch import StubFetch
+    from imap_proxy.quirks.model import StubFetchAction
+    from imap_proxy.wire.command import parse_command
+
+    action = StubFetch("r", StubFetchAction(type="stub_fetch"))
+    (store,) = frame(b"t STORE 1 +FLAGS (\\Seen)\r\n", Side.CLIENT)
+    action.on_command(parse_command(store), None)  # type: ignore[arg-type]
+    # the STORE is in flight: the EXPUNGE waits for its completion
+    assert action.on_untagged_line("EXPUNGE", b"* 3 EXPUNGE\r\n", True, lambda: ["STORE"])
+    # the STORE ended without the rule seeing it (answered elsewhere): the next EXPUNGE
+    # still queues behind the held one, and the next completion of anything releases both
+    assert action.on_untagged_line("EXPUNGE", b"* 2 EXPUNGE\r\n", True, lambda: ["NOOP"])
+    outcome = action.on_tagged(b"n", "NOOP", b"n OK done\r\n", None, None)  # type: ignore[arg-type]
+    assert outcome is not None and outcome.untagged == b"* 3 EXPUNGE\r\n* 2 EXPUNGE\r\n"
+    assert not action.on_untagged_line("EXPUNGE", b"* 1 EXPUNGE\r\n", True, lambda: ["NOOP"])

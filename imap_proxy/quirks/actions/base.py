@@ -15,7 +15,7 @@ tagged completion of each client command (when `watches_tagged`) and returns a
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -83,9 +83,12 @@ class Action:
     def releases_before(self, command: str) -> bool:
         return False
 
-    def on_untagged_line(self, kind: str, line: bytes, whole: bool, view: SessionView) -> bool:
+    def on_untagged_line(
+        self, kind: str, line: bytes, whole: bool, running: Callable[[], Collection[str]]
+    ) -> bool:
         """The first line of an untagged response; True keeps it back (only when `whole`:
-        a one-line response no other action kept). The action then owns the line."""
+        a one-line response no other action kept). The action then owns the line.
+        `running()` names the client's commands in flight (a list: call it only if needed)."""
         return False
 
     def on_tagged(

@@ -27,18 +27,23 @@ A UID FETCH is watched the same way: Dovecot stubs a UID it then reports expunge
 same response (`BODY[] NIL`, `* n EXPUNGE`, `OK [EXPUNGEISSUED]`); those stubs are
 dropped, since a UID command answers a vanished UID with no data (RFC 9051 §6.4.9).
 
-Untagged EXPUNGE arriving while a FETCH, STORE or SEARCH runs (§7.5.1 forbids it) is held
-and sent just before that command's tagged line: later commands by number then mean the
-same messages to the client and to the upstream. A NO to UID FETCH or UID STORE - or to
-UID COPY/MOVE of a single UID - that only says the messages are gone becomes OK. With
-QRESYNC, a `* VANISHED` naming UIDs never learnt makes the numbers unknowable: FETCHes
-then pass untouched until the next SELECT. At most MAX_WATCHED_FETCHES commands in flight
-are followed (a pipelining client's further ones pass untouched).
+Untagged EXPUNGE arriving while a FETCH, STORE or SEARCH runs (§7.5.1 forbids it) is held,
+in order, and sent just before the tagged line of the last such command in flight (after
+its stubs, which use the old numbers), or of the next command of any kind: later
+commands by number then mean the same messages to the client and to the upstream,
+which an EXPUNGE held for longer would not (a STORE \\Deleted on the wrong message).
+
+A NO to UID FETCH or UID STORE - or to UID COPY/MOVE of a single UID - that only says the
+messages are gone becomes OK. With QRESYNC, a `* VANISHED` naming UIDs never learnt makes
+the numbers unknowable: FETCHes then pass untouched until the next SELECT. At most
+MAX_WATCHED_FETCHES commands in flight are followed (a pipelining client's further ones
+pass untouched).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 from imap_proxy.quirks.actions.base import Action, LocalAnswer, Rewrite, TaggedOutcome
@@ -117,8 +122,9 @@ class StubFetch(Action):
             single = (
                 single and messages is not None and messages.ranges[0][0] == (messages.ranges[0][1])
             )
-            if len(self._uid_commands) < MAX_WATCHED_FETCHES:
-                self._uid_commands[tag] = (name, single)
+            if len(self._uid_commands) >= MAX_WATCHED_FETCHES:  # the oldest is stale
+                del self._uid_commands[next(iter(self._uid_commands))]
+            self._uid_commands[tag] = (name, single)
         return None
 
     def _new_mailbox(self, mailbox: bytes | None) -> None:
@@ -129,7 +135,9 @@ class StubFetch(Action):
 
     # --- untagged ----------------------------------------------------------------------
 
-    def on_untagged_line(self, kind: str, line: bytes, whole: bool, view: SessionView) -> bool:
+    def on_untagged_line(
+        self, kind: str, line: bytes, whole: bool, running: Callable[[], Collection[str]]
+    ) -> bool:
         if kind == "FETCH":
             return self._fetch_line(line, whole)
         if kind == "VANISHED":
@@ -142,7 +150,7 @@ class StubFetch(Action):
             self.mailbox.exists_now(number)
             return False
         # EXPUNGE
-        if whole and self._expunge_forbidden() and self.mailbox.hold_expunge(line):
+        if whole and self._expunge_forbidden(running) and self.mailbox.hold_expunge(line):
             return True
         self.mailbox.expunged(number)
         self._stubbed.clear()
@@ -162,8 +170,20 @@ class StubFetch(Action):
         self.mailbox.vanished(uids)
         self._stubbed.clear()
 
-    def _expunge_forbidden(self) -> bool:
+    def _watching_blockers(self) -> bool:
+        """A FETCH, STORE or SEARCH (no UID) of the client is followed, so in flight."""
         return bool(self._blocking) or any(not w.request.uid for w in self._fetches.values())
+
+    def _expunge_forbidden(self, running: Callable[[], Collection[str]]) -> bool:
+        """Whether an EXPUNGE must wait: a FETCH, STORE or SEARCH runs, or others wait."""
+        if self._watching_blockers() and _NO_EXPUNGE_DURING.isdisjoint(running()):
+            # What is followed is stale (a command answered without reaching on_tagged):
+            # those entries go, and the next tagged completion releases what is held.
+            self._blocking.clear()
+            for tag in [t for t, w in self._fetches.items() if not w.request.uid]:
+                del self._fetches[tag]
+        # after those already held, to keep the order
+        return bool(self.mailbox.held_expunges) or self._watching_blockers()
 
     def _fetch_line(self, line: bytes, whole: bool) -> bool:
         found = fetch_first_line(line)
@@ -190,13 +210,13 @@ class StubFetch(Action):
             return self._fetch_done(watch, line, lookup)
         if watch is not None and name == "UID FETCH":
             return self._uid_fetch_done(watch, line)
-        if self._blocking.pop(tag, None) is not None:
-            released = self.mailbox.release_expunges()
-            return TaggedOutcome(untagged=released, changed=False) if released else None
+        self._blocking.pop(tag, None)
         uid_command = self._uid_commands.pop(tag, None)
         if uid_command is not None and self.uid_vanished_ok:
-            return self._uid_done(tag, uid_command, line)
-        return None
+            outcome = self._uid_done(tag, uid_command, line)
+            if outcome is not None:
+                return outcome
+        return self._release(b"", None, changed=False)
 
     def _gone(self, status: bytes, text: bytes) -> bool:
         """Whether a completion says that messages were expunged - and nothing else: a NO
@@ -257,8 +277,10 @@ class StubFetch(Action):
     def _release(
         self, untagged: bytes, line: bytes | None, *, changed: bool = True, stubs: int = 0
     ) -> TaggedOutcome | None:
-        """The outcome, with the held EXPUNGEs after everything that uses old numbers."""
-        untagged += self.mailbox.release_expunges()
+        """The outcome, with the held EXPUNGEs after everything that uses old numbers -
+        unless another FETCH, STORE or SEARCH is still in flight."""
+        if not self._watching_blockers():
+            untagged += self.mailbox.release_expunges()
         if not untagged and line is None and not changed:
             return None
         return TaggedOutcome(untagged=untagged, line=line, changed=changed, stubs=stubs)
