@@ -423,3 +423,29 @@ def test_stale_followed_commands_never_hold_expunges_for_good() -> None:
     outcome = action.on_tagged(b"n", "NOOP", b"n OK done\r\n", None, None)  # type: ignore[arg-type]
     assert outcome is not None and outcome.untagged == b"* 3 EXPUNGE\r\n* 2 EXPUNGE\r\n"
     assert not action.on_untagged_line("EXPUNGE", b"* 1 EXPUNGE\r\n", True, lambda: ["NOOP"])
+
+
+@pytest.mark.parametrize(
+    ("store", "policy", "becomes_ok"),
+    [
+        (b"STORE 2 +FLAGS.SILENT (\\Deleted)", "stub", True),
+        (b"STORE 2 +FLAGS (\\Seen)", "stub", True),
+        (b"STORE 2 +FLAGS.SILENT (\\Seen)", "no", True),  # RFC 2180 §4.2: silent -> OK
+        (b"STORE 2 +FLAGS (\\Seen)", "no", False),
+    ],
+)
+def test_store_on_expunged_messages_rfc2180_4_2(
+    tmp_path: Path, store: bytes, policy: str, becomes_ok: bool
+) -> None:
+    run = Run(custom_rules(tmp_path, f"{{type: stub_fetch, policy: '{policy}'}}"), uids=True)
+    run.client(b"t " + store + b"\r\n")
+    run.upstream(b"t NO Message 2 has been expunged\r\n")
+    expected = b"t OK" if becomes_ok else b"t NO"
+    assert run.to_client() == expected + b" Message 2 has been expunged\r\n"
+
+
+def test_store_no_for_another_reason_stays_no() -> None:
+    run = Run(stub_rules(), uids=True)
+    run.client(b"t STORE 2 +FLAGS.SILENT (\\Deleted)\r\n")
+    run.upstream(b"t NO [READ-ONLY] Mailbox is read-only\r\n")
+    assert run.to_client() == b"t NO [READ-ONLY] Mailbox is read-only\r\n"

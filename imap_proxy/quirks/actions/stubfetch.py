@@ -34,7 +34,8 @@ commands by number then mean the same messages to the client and to the upstream
 which an EXPUNGE held for longer would not (a STORE \\Deleted on the wrong message).
 
 A NO to UID FETCH or UID STORE - or to UID COPY/MOVE of a single UID - that only says the
-messages are gone becomes OK. With QRESYNC, a `* VANISHED` naming UIDs never learnt makes
+messages are gone becomes OK, and so does such a NO to STORE (RFC 2180 §4.2: always when
+.SILENT, with `policy: stub` otherwise). With QRESYNC, a `* VANISHED` naming UIDs never learnt makes
 the numbers unknowable: FETCHes then pass untouched until the next SELECT. At most
 MAX_WATCHED_FETCHES commands in flight are followed (a pipelining client's further ones
 pass untouched).
@@ -52,7 +53,12 @@ from imap_proxy.session.mailbox import FetchWatch, MailboxState, fetch_first_lin
 from imap_proxy.wire.command import Command, command_set, parse_fetch
 from imap_proxy.wire.errors import ProtocolError, Side
 from imap_proxy.wire.fetchstub import stub_fetch
-from imap_proxy.wire.syntax import astring_bytes, encode_sequence_set, parse_sequence_set
+from imap_proxy.wire.syntax import (
+    Atom,
+    astring_bytes,
+    encode_sequence_set,
+    parse_sequence_set,
+)
 
 if TYPE_CHECKING:
     from imap_proxy.quirks.engine import SessionView
@@ -94,7 +100,8 @@ class StubFetch(Action):
         self.vanished_text = re.compile(spec.vanished_text.encode())
         self.mailbox = MailboxState()
         self._fetches: dict[bytes, FetchWatch] = {}
-        self._blocking: dict[bytes, str] = {}  # STORE/SEARCH in flight: no EXPUNGE now
+        # STORE/SEARCH in flight (no EXPUNGE now): tag -> name, "STORE.SILENT" for those
+        self._blocking: dict[bytes, str] = {}
         self._uid_commands: dict[bytes, tuple[str, bool]] = {}  # tag -> (name, one UID)
         self._stubbed: set[tuple[str, int]] = set()  # since the last EXPUNGE delivered
 
@@ -115,7 +122,9 @@ class StubFetch(Action):
             if self.mailbox.reliable and len(self._fetches) < MAX_WATCHED_FETCHES:
                 self._fetches[tag] = FetchWatch(tag, request, self.mailbox.exists)
         elif name in _NO_EXPUNGE_DURING and len(self._blocking) < MAX_WATCHED_FETCHES:
-            self._blocking[tag] = name
+            mode = command.args[1] if len(command.args) > 1 else None
+            silent = isinstance(mode, Atom) and mode.value.upper().endswith(b".SILENT")
+            self._blocking[tag] = "STORE.SILENT" if name == "STORE" and silent else name
         elif name in _UID_COMMANDS:
             messages = command_set(command)
             single = messages is not None and len(messages.ranges) == 1
@@ -210,7 +219,11 @@ class StubFetch(Action):
             return self._fetch_done(watch, line, lookup)
         if watch is not None and name == "UID FETCH":
             return self._uid_fetch_done(watch, line)
-        self._blocking.pop(tag, None)
+        blocking = self._blocking.pop(tag, None)
+        if blocking is not None and blocking.startswith("STORE"):
+            outcome = self._store_done(tag, blocking == "STORE.SILENT", line)
+            if outcome is not None:
+                return outcome
         uid_command = self._uid_commands.pop(tag, None)
         if uid_command is not None and self.uid_vanished_ok:
             outcome = self._uid_done(tag, uid_command, line)
@@ -299,6 +312,17 @@ class StubFetch(Action):
         if not watch.held and not watch.dropped and replacement is None:
             return None
         return TaggedOutcome(line=replacement)
+
+    def _store_done(self, tag: bytes, silent: bool, line: bytes) -> TaggedOutcome | None:
+        """RFC 2180 §4.2: a STORE touching expunged messages answered NO (4.1.2 servers)
+        becomes OK when silent, and with `policy: stub` when not: flags on a message that
+        is gone change nothing, and clients treat the NO as an error."""
+        status, text = _status(line, tag)
+        if status != b"NO" or not self._gone(status, text):
+            return None
+        if not silent and self.policy == "no":
+            return None
+        return self._release(b"", tag + b" OK " + text + b"\r\n")
 
     def _uid_done(self, tag: bytes, command: tuple[str, bool], line: bytes) -> TaggedOutcome | None:
         name, single = command
