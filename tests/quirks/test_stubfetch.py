@@ -449,3 +449,12 @@ def test_store_no_for_another_reason_stays_no() -> None:
     run.client(b"t STORE 2 +FLAGS.SILENT (\\Deleted)\r\n")
     run.upstream(b"t NO [READ-ONLY] Mailbox is read-only\r\n")
     assert run.to_client() == b"t NO [READ-ONLY] Mailbox is read-only\r\n"
+
+
+def test_uid_fetch_no_becomes_ok_even_when_numbers_are_not_followed() -> None:
+    run = Run(stub_rules())
+    run.client(b"n NOOP\r\n")
+    run.upstream(b"* VANISHED 15\r\nn OK done\r\n")  # numbers unknowable from here
+    run.client(b"u UID FETCH 20 (FLAGS)\r\n")
+    run.upstream(b"u NO Some messages no longer exist\r\n")
+    assert run.to_client().endswith(b"u OK Some messages no longer exist\r\n")

@@ -121,20 +121,23 @@ class StubFetch(Action):
                 return None  # the upstream answers BAD
             if self.mailbox.reliable and len(self._fetches) < MAX_WATCHED_FETCHES:
                 self._fetches[tag] = FetchWatch(tag, request, self.mailbox.exists)
+            elif name == "UID FETCH":
+                self._follow_uid_command(command)  # its NO can still become OK
         elif name in _NO_EXPUNGE_DURING and len(self._blocking) < MAX_WATCHED_FETCHES:
             mode = command.args[1] if len(command.args) > 1 else None
             silent = isinstance(mode, Atom) and mode.value.upper().endswith(b".SILENT")
             self._blocking[tag] = "STORE.SILENT" if name == "STORE" and silent else name
         elif name in _UID_COMMANDS:
-            messages = command_set(command)
-            single = messages is not None and len(messages.ranges) == 1
-            single = (
-                single and messages is not None and messages.ranges[0][0] == (messages.ranges[0][1])
-            )
-            if len(self._uid_commands) >= MAX_WATCHED_FETCHES:  # the oldest is stale
-                del self._uid_commands[next(iter(self._uid_commands))]
-            self._uid_commands[tag] = (name, single)
+            self._follow_uid_command(command)
         return None
+
+    def _follow_uid_command(self, command: Command) -> None:
+        messages = command_set(command)
+        single = messages is not None and len(messages.ranges) == 1
+        single = single and messages is not None and messages.ranges[0][0] == messages.ranges[0][1]
+        if len(self._uid_commands) >= MAX_WATCHED_FETCHES:  # the oldest is stale
+            del self._uid_commands[next(iter(self._uid_commands))]
+        self._uid_commands[command.tag] = (command.name, single)
 
     def _new_mailbox(self, mailbox: bytes | None) -> None:
         self.mailbox.select(mailbox)
@@ -311,7 +314,7 @@ class StubFetch(Action):
             replacement = watch.tag + b" OK " + text + b"\r\n"
         if not watch.held and not watch.dropped and replacement is None:
             return None
-        return TaggedOutcome(line=replacement)
+        return self._release(b"", replacement)
 
     def _store_done(self, tag: bytes, silent: bool, line: bytes) -> TaggedOutcome | None:
         """RFC 2180 §4.2: a STORE touching expunged messages answered NO (4.1.2 servers)
