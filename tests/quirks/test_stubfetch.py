@@ -458,3 +458,24 @@ def test_uid_fetch_no_becomes_ok_even_when_numbers_are_not_followed() -> None:
     run.client(b"u UID FETCH 20 (FLAGS)\r\n")
     run.upstream(b"u NO Some messages no longer exist\r\n")
     assert run.to_client().endswith(b"u OK Some messages no longer exist\r\n")
+
+
+def test_expunge_during_idle_passes_at_once() -> None:
+    run = Run(stub_rules(), uids=True)
+    run.client(b"i IDLE\r\n")
+    run.upstream(b"+ idling\r\n")
+    run.upstream(b"* 2 EXPUNGE\r\n* 2 EXISTS\r\n")
+    assert run.to_client() == b"+ idling\r\n* 2 EXPUNGE\r\n* 2 EXISTS\r\n"
+
+
+def test_expunge_during_search_waits_for_its_completion() -> None:
+    run = Run(stub_rules(), uids=True)
+    run.client(b"s SEARCH TEXT {5}\r\n")
+    assert run.to_client() == b""  # SEARCH streams: the upstream's + comes through
+    run.upstream(b"+ OK\r\n")
+    run.client(b"hello\r\n")
+    assert run.to_upstream() == b"s SEARCH TEXT {5}\r\nhello\r\n"
+    run.upstream(b"* 1 EXPUNGE\r\n* SEARCH 2\r\n")
+    assert run.to_client() == b"+ OK\r\n* SEARCH 2\r\n"
+    run.upstream(b"s OK Search completed\r\n")
+    assert run.to_client() == b"* 1 EXPUNGE\r\ns OK Search completed\r\n"

@@ -86,8 +86,9 @@ def _status(line: bytes, tag: bytes) -> tuple[bytes, bytes]:
 class StubFetch(Action):
     kind = "stub_fetch"
     commands = frozenset(
-        {"SELECT", "EXAMINE", "CLOSE", "UNSELECT", "FETCH", "STORE", "SEARCH", "UID FETCH"}
-        | _UID_COMMANDS
+        # SEARCH is not among them: it may carry long literals, and the session's list of
+        # commands in flight tells when one runs.
+        {"SELECT", "EXAMINE", "CLOSE", "UNSELECT", "FETCH", "STORE", "UID FETCH"} | _UID_COMMANDS
     )
     observes = frozenset({"FETCH", "EXISTS", "EXPUNGE", "VANISHED"})
     watches_tagged = True
@@ -100,7 +101,7 @@ class StubFetch(Action):
         self.vanished_text = re.compile(spec.vanished_text.encode())
         self.mailbox = MailboxState()
         self._fetches: dict[bytes, FetchWatch] = {}
-        # STORE/SEARCH in flight (no EXPUNGE now): tag -> name, "STORE.SILENT" for those
+        # STOREs in flight (no EXPUNGE now): tag -> "STORE", or "STORE.SILENT"
         self._blocking: dict[bytes, str] = {}
         self._uid_commands: dict[bytes, tuple[str, bool]] = {}  # tag -> (name, one UID)
         self._stubbed: set[tuple[str, int]] = set()  # since the last EXPUNGE delivered
@@ -123,10 +124,10 @@ class StubFetch(Action):
                 self._fetches[tag] = FetchWatch(tag, request, self.mailbox.exists)
             elif name == "UID FETCH":
                 self._follow_uid_command(command)  # its NO can still become OK
-        elif name in _NO_EXPUNGE_DURING and len(self._blocking) < MAX_WATCHED_FETCHES:
+        elif name == "STORE" and len(self._blocking) < MAX_WATCHED_FETCHES:
             mode = command.args[1] if len(command.args) > 1 else None
             silent = isinstance(mode, Atom) and mode.value.upper().endswith(b".SILENT")
-            self._blocking[tag] = "STORE.SILENT" if name == "STORE" and silent else name
+            self._blocking[tag] = "STORE.SILENT" if silent else "STORE"
         elif name in _UID_COMMANDS:
             self._follow_uid_command(command)
         return None
@@ -188,14 +189,16 @@ class StubFetch(Action):
 
     def _expunge_forbidden(self, running: Callable[[], Collection[str]]) -> bool:
         """Whether an EXPUNGE must wait: a FETCH, STORE or SEARCH runs, or others wait."""
-        if self._watching_blockers() and _NO_EXPUNGE_DURING.isdisjoint(running()):
+        names = running()
+        if self._watching_blockers() and _NO_EXPUNGE_DURING.isdisjoint(names):
             # What is followed is stale (a command answered without reaching on_tagged):
             # those entries go, and the next tagged completion releases what is held.
             self._blocking.clear()
             for tag in [t for t, w in self._fetches.items() if not w.request.uid]:
                 del self._fetches[tag]
         # after those already held, to keep the order
-        return bool(self.mailbox.held_expunges) or self._watching_blockers()
+        held = bool(self.mailbox.held_expunges)
+        return held or self._watching_blockers() or "SEARCH" in names
 
     def _fetch_line(self, line: bytes, whole: bool) -> bool:
         found = fetch_first_line(line)
