@@ -19,8 +19,8 @@ changes, so a rule applies from the moment its match holds. The hooks are:
 * `head_commands`           - verbs an action wants up to their first argument (APPEND);
 * `wants_mailbox_list(cmd)` - the session should learn the mailbox list first;
 * `holds()/releases_before()` - hold untagged data until a point it may be delivered;
-* `observed_kinds` / `on_untagged_line(kind, line, whole)` - see the first line of an
-  untagged response (a one-line one may be kept back);
+* `observed_kinds` / `on_untagged_line(kind, line, whole, running)` - see the first
+  line of an untagged response (a one-line one may be kept back);
 * `watches_tagged` / `on_tagged(tag, name, line, lookup)` - act on a tagged completion
   (the first action with an outcome decides it).
 * `ignores_empty_lines()`, `after_login()`, `upstream_tag(tag)` - drop bare CRLF lines,
@@ -271,12 +271,14 @@ class SessionRules:
     def releases_before(self, command: str) -> Sequence[Action]:
         return [action for action in self.active if action.releases_before(command)]
 
-    def on_untagged_line(self, kind: str, line: bytes, whole: bool) -> bool:
+    def on_untagged_line(
+        self, kind: str, line: bytes, whole: bool, running: Callable[[], Collection[str]]
+    ) -> bool:
         """Every observing action sees the line; True if one of them kept it back."""
         kept = False
         for action in self.active:
             if kind in action.observes:
-                kept |= action.on_untagged_line(kind, line, whole and not kept, self.view)
+                kept |= action.on_untagged_line(kind, line, whole and not kept, running)
         return kept
 
     def on_tagged(

@@ -16,9 +16,9 @@ From that it keeps a sequence-number -> UID map (`array('I')`, 4 bytes a message
 SEARCH runs (RFC 9051 §7.5.1 forbids sending them then); `release_expunges()` gives
 them back, in order, and applies them to the map.
 
-`FetchWatch` follows one sequence-number FETCH of the client from its command to its
-tagged completion: which numbers got a FETCH response (a bitmap over the message count),
-and the upstream's own stub lines (`looks_expunged`: Dovecot answers an expunged
+`FetchWatch` follows one FETCH of the client (by number, or UID FETCH) from its command
+to its tagged completion: which numbers got a FETCH response (a bitmap over the message
+count), and the upstream's own stub lines (`looks_expunged`: Dovecot answers an expunged
 message's body as NIL, its size as 0, its date as the epoch), held back until the tagged
 line says whether they are stubs (`[EXPUNGEISSUED]`) or real data.
 """
@@ -35,7 +35,15 @@ from imap_proxy.wire.command import FetchRequest
 from imap_proxy.wire.errors import ProtocolError
 from imap_proxy.wire.message import Message
 from imap_proxy.wire.response import FetchData, parse_response
-from imap_proxy.wire.syntax import Atom, Nil, ParenList, Quoted, SequenceSet, split_section
+from imap_proxy.wire.syntax import (
+    Atom,
+    Nil,
+    ParenList,
+    Quoted,
+    SequenceSet,
+    Value,
+    split_section,
+)
 
 MAX_MESSAGES: Final = 10_000_000  # a count beyond this is not believed (memory bound)
 MAX_HELD_LINES: Final = 100_000  # held EXPUNGE or stub lines per command, then pass on
@@ -85,10 +93,15 @@ def looks_expunged(line: bytes) -> bool:
             return True
         if name == "INTERNALDATE" and value == Quoted(_EPOCH):
             return True
-        envelope = isinstance(value, ParenList) and name == "ENVELOPE"
-        if envelope and all(isinstance(item, Nil) for item in value.items):  # type: ignore[union-attr]
+        if _all_nil_envelope(name, value):
             return True
     return False
+
+
+def _all_nil_envelope(name: str, value: Value) -> bool:
+    if name != "ENVELOPE" or not isinstance(value, ParenList):
+        return False
+    return all(isinstance(item, Nil) for item in value.items)
 
 
 class MailboxState:

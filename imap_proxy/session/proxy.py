@@ -535,7 +535,7 @@ class ProxySession:
             if released:
                 self._out.append(ev.SendToClient(released))
             if self.hooks.observes(kind) and self.hooks.observe_untagged(
-                kind, line, part.literal is None
+                kind, line, part.literal is None, self._tracker.client_names
             ):
                 return  # a rule keeps this one-line response for the tagged completion
             if self.hooks.wants_response(kind, line):

@@ -12,7 +12,7 @@ every application is also counted in `applied` for the session summary.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 from imap_proxy.quirks.actions import Emulate, LocalAnswer, ReplaceCommand
@@ -216,9 +216,12 @@ class RuleHooks:
     def observes(self, kind: str) -> bool:
         return kind in self.rules.observed_kinds
 
-    def observe_untagged(self, kind: str, line: bytes, whole: bool) -> bool:
-        """Show a rule the first line of an untagged response; True if it kept it back."""
-        return self.rules.on_untagged_line(kind, line, whole)
+    def observe_untagged(
+        self, kind: str, line: bytes, whole: bool, running: Callable[[], Collection[str]]
+    ) -> bool:
+        """Show a rule the first line of an untagged response; True if it kept it back.
+        `running()` names the client's commands in flight."""
+        return self.rules.on_untagged_line(kind, line, whole, running)
 
     def on_tagged(
         self, tag: bytes, name: str, line: bytes, lookup: list[bytes] | None = None

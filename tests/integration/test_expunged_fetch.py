@@ -1,4 +1,5 @@
-"""Messages expunged by another session, fetched through the proxy from a real Dovecot.
+"""Messages expunged by another session, fetched through the proxy from a real Dovecot
+(both profiles, modern and legacy).
 
 How this works: session A (a client library, through the proxy) selects INBOX; session B
 (imaplib, straight to Dovecot) expunges some messages; A, not told yet (no NOOP), fetches
@@ -29,6 +30,14 @@ from tests.support.proxy import RunningProxy, running_proxy
 
 NewUser = Callable[[DovecotInstance], MailUser]
 COUNT = 5
+pytestmark = pytest.mark.dovecot
+
+
+@pytest.fixture(params=["modern", "legacy"])
+def upstream(request: pytest.FixtureRequest) -> DovecotInstance:
+    """Both Dovecot profiles (the legacy one advertises far less; FETCH is the same code)."""
+    instance: DovecotInstance = request.getfixturevalue(f"dovecot_{request.param}")
+    return instance
 
 
 def config(upstream: DovecotInstance) -> ProxyConfig:
@@ -38,17 +47,17 @@ def config(upstream: DovecotInstance) -> ProxyConfig:
 
 
 @pytest.fixture
-def mailbox(dovecot_modern: DovecotInstance, fresh_mail_user: NewUser) -> MailUser:
-    user = fresh_mail_user(dovecot_modern)
+def mailbox(upstream: DovecotInstance, fresh_mail_user: NewUser) -> MailUser:
+    user = fresh_mail_user(upstream)
     for n in range(1, COUNT + 1):
-        dovecot_modern.append(user.name, b"Subject: m%d\r\n\r\nbody %d\r\n" % (n, n))
+        upstream.append(user.name, b"Subject: m%d\r\n\r\nbody %d\r\n" % (n, n))
     return user
 
 
 @pytest.fixture
-def proxy(dovecot_modern: DovecotInstance) -> Iterator[RunningProxy]:
+def proxy(upstream: DovecotInstance) -> Iterator[RunningProxy]:
     """The proxy with the packaged rules, as shipped (stub-fetch-expunged enabled)."""
-    with running_proxy(config(dovecot_modern)) as running:
+    with running_proxy(config(upstream)) as running:
         yield running
 
 
@@ -90,13 +99,13 @@ def bodies(data: Sequence[object]) -> dict[int, tuple[bytes, bytes]]:
 
 
 def test_control_imaplib_code_breaks_on_dovecots_own_answer(
-    dovecot_modern: DovecotInstance, mailbox: MailUser
+    upstream: DovecotInstance, mailbox: MailUser
 ) -> None:
     """Without the proxy: the NIL body is no (header, data) pair, so `data[0][1]` is an int."""
-    client = dovecot_modern.imap(mailbox.name)
+    client = upstream.imap(mailbox.name)
     try:
         client.select("INBOX")
-        expunge_elsewhere(dovecot_modern, mailbox, "2")
+        expunge_elsewhere(upstream, mailbox, "2")
         status, data = client.fetch("2", "(RFC822)")
         assert status == "OK"
         assert not isinstance(data[0], tuple)
@@ -107,11 +116,11 @@ def test_control_imaplib_code_breaks_on_dovecots_own_answer(
 
 
 def test_imaplib_fetch_by_number_gets_stubs_and_sees_the_expunge_at_noop(
-    proxy: RunningProxy, dovecot_modern: DovecotInstance, mailbox: MailUser
+    proxy: RunningProxy, upstream: DovecotInstance, mailbox: MailUser
 ) -> None:
     client = login(proxy, mailbox)
     try:
-        expunge_elsewhere(dovecot_modern, mailbox, "2,4")
+        expunge_elsewhere(upstream, mailbox, "2,4")
         status, data = client.fetch("1:5", "(FLAGS RFC822)")
         assert status == "OK"
         found = bodies(data)
@@ -135,20 +144,20 @@ def test_imaplib_fetch_by_number_gets_stubs_and_sees_the_expunge_at_noop(
 
 
 def test_imaplib_uid_fetch_store_copy_of_vanished_uids_answer_ok(
-    proxy: RunningProxy, dovecot_modern: DovecotInstance, mailbox: MailUser
+    proxy: RunningProxy, upstream: DovecotInstance, mailbox: MailUser
 ) -> None:
     client = login(proxy, mailbox)
     try:
-        expunge_elsewhere(dovecot_modern, mailbox, "3")
+        expunge_elsewhere(upstream, mailbox, "3")
         status, data = client.uid("FETCH", "3", "(FLAGS BODY.PEEK[])")
         assert status == "OK" and data == [None]  # no data at all (RFC 9051 §6.4.9)
         assert client.untagged_responses.get("EXPUNGE") == [b"3"]  # and told at once
         assert client.uid("STORE", "3", "+FLAGS", "(\\Seen)")[0] == "OK"
-        assert client.uid("COPY", "3", "Trash")[0] == "OK"
+        assert client.uid("COPY", "3", "Sent")[0] == "OK"
         assert client.uid("STORE", "2:4", "+FLAGS", "(\\Flagged)")[0] == "OK"
     finally:
         client.logout()
-    flagged = dovecot_modern.imap(mailbox.name)
+    flagged = upstream.imap(mailbox.name)
     try:
         flagged.select("INBOX", readonly=True)
         assert flagged.uid("SEARCH", "FLAGGED")[1] == [b"2 4"]  # the live ones got it
@@ -160,13 +169,13 @@ def test_imaplib_uid_fetch_store_copy_of_vanished_uids_answer_ok(
 
 
 def test_imapclient_fetch_by_number_of_every_item_type(
-    proxy: RunningProxy, dovecot_modern: DovecotInstance, mailbox: MailUser
+    proxy: RunningProxy, upstream: DovecotInstance, mailbox: MailUser
 ) -> None:
     client = imapclient.IMAPClient("127.0.0.1", proxy.port, ssl=False, use_uid=False)
     try:
         client.login(mailbox.name, mailbox.password)
         client.select_folder("INBOX")
-        expunge_elsewhere(dovecot_modern, mailbox, "2")
+        expunge_elsewhere(upstream, mailbox, "2")
         items = [
             "FLAGS",
             "INTERNALDATE",
@@ -197,16 +206,16 @@ def test_imapclient_fetch_by_number_of_every_item_type(
 
 
 def test_imapclient_by_uid_sees_nothing_for_vanished_uids_and_no_error(
-    proxy: RunningProxy, dovecot_modern: DovecotInstance, mailbox: MailUser
+    proxy: RunningProxy, upstream: DovecotInstance, mailbox: MailUser
 ) -> None:
     client = imapclient.IMAPClient("127.0.0.1", proxy.port, ssl=False)  # use_uid=True
     try:
         client.login(mailbox.name, mailbox.password)
         client.select_folder("INBOX")
-        expunge_elsewhere(dovecot_modern, mailbox, "1:2")
+        expunge_elsewhere(upstream, mailbox, "1:2")
         assert set(client.fetch([1, 2, 3], ["FLAGS"])) <= {1, 2, 3}
         client.add_flags([1, 2], [imapclient.SEEN])
-        client.copy([1], "Trash")
+        client.copy([1], "Sent")
         assert client.fetch([1, 2], ["RFC822"]) == {}
         client.noop()
         assert sorted(client.search()) == [3, 4, 5]
@@ -218,22 +227,22 @@ def test_imapclient_by_uid_sees_nothing_for_vanished_uids_and_no_error(
 
 
 @pytest.fixture
-def no_policy_proxy(dovecot_modern: DovecotInstance, tmp_path: Path) -> Iterator[RunningProxy]:
+def no_policy_proxy(upstream: DovecotInstance, tmp_path: Path) -> Iterator[RunningProxy]:
     (tmp_path / "no.yaml").write_text(
         "rules:\n  - id: expunged-fetch-no\n    summary: plain NO\n"
         "    evidence: {fires: x.txt, silent: y.txt}\n"
         "    actions: [{type: stub_fetch, policy: 'no'}]\n",
         encoding="utf-8",
     )
-    yield from running_with(dovecot_modern, load_rules(tmp_path))
+    yield from running_with(upstream, load_rules(tmp_path))
 
 
 def test_policy_no_gives_no_then_noop_brings_the_expunge(
-    no_policy_proxy: RunningProxy, dovecot_modern: DovecotInstance, mailbox: MailUser
+    no_policy_proxy: RunningProxy, upstream: DovecotInstance, mailbox: MailUser
 ) -> None:
     client = login(no_policy_proxy, mailbox)
     try:
-        expunge_elsewhere(dovecot_modern, mailbox, "2")
+        expunge_elsewhere(upstream, mailbox, "2")
         status, data = client.fetch("1:3", "(RFC822)")
         assert status == "NO"
         assert sorted(bodies(client.untagged_responses.pop("FETCH", []))) in ([1, 3], [])
@@ -247,16 +256,16 @@ def test_policy_no_gives_no_then_noop_brings_the_expunge(
 
 
 @pytest.fixture
-def loop_breaker_proxy(dovecot_modern: DovecotInstance) -> Iterator[RunningProxy]:
-    yield from running_with(dovecot_modern, load_rules().only(["stub-fetch-loop-breaker"]))
+def loop_breaker_proxy(upstream: DovecotInstance) -> Iterator[RunningProxy]:
+    yield from running_with(upstream, load_rules().only(["stub-fetch-loop-breaker"]))
 
 
 def test_loop_breaker_ends_a_repeated_fetch_with_bye(
-    loop_breaker_proxy: RunningProxy, dovecot_modern: DovecotInstance, mailbox: MailUser
+    loop_breaker_proxy: RunningProxy, upstream: DovecotInstance, mailbox: MailUser
 ) -> None:
     client = login(loop_breaker_proxy, mailbox)
     try:
-        expunge_elsewhere(dovecot_modern, mailbox, "2")
+        expunge_elsewhere(upstream, mailbox, "2")
         assert client.fetch("2", "(RFC822)")[0] == "NO"
         with pytest.raises(imaplib.IMAP4.abort, match="expunged by another session"):
             client.fetch("2", "(RFC822)")

@@ -405,3 +405,77 @@ def test_served_stubs_count_in_the_emulations_metric() -> None:
         "imap_proxy_emulations_total", {"kind": "stub_fetch", "outcome": "served"}
     )
     assert served == 1
+
+
+def test_stale_followed_commands_never_hold_expunges_for_good() -> None:
+    from imap_proxy.quirks.actions.stubfetch import StubFetch
+    from imap_proxy.quirks.model import StubFetchAction
+    from imap_proxy.wire.command import parse_command
+
+    action = StubFetch("r", StubFetchAction(type="stub_fetch"))
+    (store,) = frame(b"t STORE 1 +FLAGS (\\Seen)\r\n", Side.CLIENT)
+    action.on_command(parse_command(store), None)  # type: ignore[arg-type]
+    # the STORE is in flight: the EXPUNGE waits for its completion
+    assert action.on_untagged_line("EXPUNGE", b"* 3 EXPUNGE\r\n", True, lambda: ["STORE"])
+    # the STORE ended without the rule seeing it (answered elsewhere): the next EXPUNGE
+    # still queues behind the held one, and the next completion of anything releases both
+    assert action.on_untagged_line("EXPUNGE", b"* 2 EXPUNGE\r\n", True, lambda: ["NOOP"])
+    outcome = action.on_tagged(b"n", "NOOP", b"n OK done\r\n", None, None)  # type: ignore[arg-type]
+    assert outcome is not None and outcome.untagged == b"* 3 EXPUNGE\r\n* 2 EXPUNGE\r\n"
+    assert not action.on_untagged_line("EXPUNGE", b"* 1 EXPUNGE\r\n", True, lambda: ["NOOP"])
+
+
+@pytest.mark.parametrize(
+    ("store", "policy", "becomes_ok"),
+    [
+        (b"STORE 2 +FLAGS.SILENT (\\Deleted)", "stub", True),
+        (b"STORE 2 +FLAGS (\\Seen)", "stub", True),
+        (b"STORE 2 +FLAGS.SILENT (\\Seen)", "no", True),  # RFC 2180 §4.2: silent -> OK
+        (b"STORE 2 +FLAGS (\\Seen)", "no", False),
+    ],
+)
+def test_store_on_expunged_messages_rfc2180_4_2(
+    tmp_path: Path, store: bytes, policy: str, becomes_ok: bool
+) -> None:
+    run = Run(custom_rules(tmp_path, f"{{type: stub_fetch, policy: '{policy}'}}"), uids=True)
+    run.client(b"t " + store + b"\r\n")
+    run.upstream(b"t NO Message 2 has been expunged\r\n")
+    expected = b"t OK" if becomes_ok else b"t NO"
+    assert run.to_client() == expected + b" Message 2 has been expunged\r\n"
+
+
+def test_store_no_for_another_reason_stays_no() -> None:
+    run = Run(stub_rules(), uids=True)
+    run.client(b"t STORE 2 +FLAGS.SILENT (\\Deleted)\r\n")
+    run.upstream(b"t NO [READ-ONLY] Mailbox is read-only\r\n")
+    assert run.to_client() == b"t NO [READ-ONLY] Mailbox is read-only\r\n"
+
+
+def test_uid_fetch_no_becomes_ok_even_when_numbers_are_not_followed() -> None:
+    run = Run(stub_rules())
+    run.client(b"n NOOP\r\n")
+    run.upstream(b"* VANISHED 15\r\nn OK done\r\n")  # numbers unknowable from here
+    run.client(b"u UID FETCH 20 (FLAGS)\r\n")
+    run.upstream(b"u NO Some messages no longer exist\r\n")
+    assert run.to_client().endswith(b"u OK Some messages no longer exist\r\n")
+
+
+def test_expunge_during_idle_passes_at_once() -> None:
+    run = Run(stub_rules(), uids=True)
+    run.client(b"i IDLE\r\n")
+    run.upstream(b"+ idling\r\n")
+    run.upstream(b"* 2 EXPUNGE\r\n* 2 EXISTS\r\n")
+    assert run.to_client() == b"+ idling\r\n* 2 EXPUNGE\r\n* 2 EXISTS\r\n"
+
+
+def test_expunge_during_search_waits_for_its_completion() -> None:
+    run = Run(stub_rules(), uids=True)
+    run.client(b"s SEARCH TEXT {5}\r\n")
+    assert run.to_client() == b""  # SEARCH streams: the upstream's + comes through
+    run.upstream(b"+ OK\r\n")
+    run.client(b"hello\r\n")
+    assert run.to_upstream() == b"s SEARCH TEXT {5}\r\nhello\r\n"
+    run.upstream(b"* 1 EXPUNGE\r\n* SEARCH 2\r\n")
+    assert run.to_client() == b"+ OK\r\n* SEARCH 2\r\n"
+    run.upstream(b"s OK Search completed\r\n")
+    assert run.to_client() == b"* 1 EXPUNGE\r\ns OK Search completed\r\n"

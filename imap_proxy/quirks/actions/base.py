@@ -195,9 +195,12 @@ class Action:
     def releases_before(self, command: str) -> bool:
         return False
 
-    def on_untagged_line(self, kind: str, line: bytes, whole: bool, view: SessionView) -> bool:
+    def on_untagged_line(
+        self, kind: str, line: bytes, whole: bool, running: Callable[[], Collection[str]]
+    ) -> bool:
         """The first line of an untagged response; True keeps it back (only when `whole`:
-        a one-line response no other action kept). The action then owns the line."""
+        a one-line response no other action kept). The action then owns the line.
+        `running()` names the client's commands in flight (a list: call it only if needed)."""
         return False
 
     def on_tagged(

@@ -27,18 +27,24 @@ A UID FETCH is watched the same way: Dovecot stubs a UID it then reports expunge
 same response (`BODY[] NIL`, `* n EXPUNGE`, `OK [EXPUNGEISSUED]`); those stubs are
 dropped, since a UID command answers a vanished UID with no data (RFC 9051 §6.4.9).
 
-Untagged EXPUNGE arriving while a FETCH, STORE or SEARCH runs (§7.5.1 forbids it) is held
-and sent just before that command's tagged line: later commands by number then mean the
-same messages to the client and to the upstream. A NO to UID FETCH or UID STORE - or to
-UID COPY/MOVE of a single UID - that only says the messages are gone becomes OK. With
-QRESYNC, a `* VANISHED` naming UIDs never learnt makes the numbers unknowable: FETCHes
-then pass untouched until the next SELECT. At most MAX_WATCHED_FETCHES commands in flight
-are followed (a pipelining client's further ones pass untouched).
+Untagged EXPUNGE arriving while a FETCH, STORE or SEARCH runs (§7.5.1 forbids it) is held,
+in order, and sent just before the tagged line of the last such command in flight (after
+its stubs, which use the old numbers), or of the next command of any kind: later
+commands by number then mean the same messages to the client and to the upstream,
+which an EXPUNGE held for longer would not (a STORE \\Deleted on the wrong message).
+
+A NO to UID FETCH or UID STORE - or to UID COPY/MOVE of a single UID - that only says the
+messages are gone becomes OK, and so does such a NO to STORE (RFC 2180 §4.2: always when
+.SILENT, with `policy: stub` otherwise). With QRESYNC, a `* VANISHED` naming UIDs never learnt makes
+the numbers unknowable: FETCHes then pass untouched until the next SELECT. At most
+MAX_WATCHED_FETCHES commands in flight are followed (a pipelining client's further ones
+pass untouched).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 from imap_proxy.quirks.actions.base import Action, LocalAnswer, Rewrite, TaggedOutcome
@@ -47,7 +53,12 @@ from imap_proxy.session.mailbox import FetchWatch, MailboxState, fetch_first_lin
 from imap_proxy.wire.command import Command, command_set, parse_fetch
 from imap_proxy.wire.errors import ProtocolError, Side
 from imap_proxy.wire.fetchstub import stub_fetch
-from imap_proxy.wire.syntax import astring_bytes, encode_sequence_set, parse_sequence_set
+from imap_proxy.wire.syntax import (
+    Atom,
+    astring_bytes,
+    encode_sequence_set,
+    parse_sequence_set,
+)
 
 if TYPE_CHECKING:
     from imap_proxy.quirks.engine import SessionView
@@ -75,8 +86,9 @@ def _status(line: bytes, tag: bytes) -> tuple[bytes, bytes]:
 class StubFetch(Action):
     kind = "stub_fetch"
     commands = frozenset(
-        {"SELECT", "EXAMINE", "CLOSE", "UNSELECT", "FETCH", "STORE", "SEARCH", "UID FETCH"}
-        | _UID_COMMANDS
+        # SEARCH is not among them: it may carry long literals, and the session's list of
+        # commands in flight tells when one runs.
+        {"SELECT", "EXAMINE", "CLOSE", "UNSELECT", "FETCH", "STORE", "UID FETCH"} | _UID_COMMANDS
     )
     observes = frozenset({"FETCH", "EXISTS", "EXPUNGE", "VANISHED"})
     watches_tagged = True
@@ -89,7 +101,8 @@ class StubFetch(Action):
         self.vanished_text = re.compile(spec.vanished_text.encode())
         self.mailbox = MailboxState()
         self._fetches: dict[bytes, FetchWatch] = {}
-        self._blocking: dict[bytes, str] = {}  # STORE/SEARCH in flight: no EXPUNGE now
+        # STOREs in flight (no EXPUNGE now): tag -> "STORE", or "STORE.SILENT"
+        self._blocking: dict[bytes, str] = {}
         self._uid_commands: dict[bytes, tuple[str, bool]] = {}  # tag -> (name, one UID)
         self._stubbed: set[tuple[str, int]] = set()  # since the last EXPUNGE delivered
 
@@ -109,17 +122,23 @@ class StubFetch(Action):
                 return None  # the upstream answers BAD
             if self.mailbox.reliable and len(self._fetches) < MAX_WATCHED_FETCHES:
                 self._fetches[tag] = FetchWatch(tag, request, self.mailbox.exists)
-        elif name in _NO_EXPUNGE_DURING and len(self._blocking) < MAX_WATCHED_FETCHES:
-            self._blocking[tag] = name
+            elif name == "UID FETCH":
+                self._follow_uid_command(command)  # its NO can still become OK
+        elif name == "STORE" and len(self._blocking) < MAX_WATCHED_FETCHES:
+            mode = command.args[1] if len(command.args) > 1 else None
+            silent = isinstance(mode, Atom) and mode.value.upper().endswith(b".SILENT")
+            self._blocking[tag] = "STORE.SILENT" if silent else "STORE"
         elif name in _UID_COMMANDS:
-            messages = command_set(command)
-            single = messages is not None and len(messages.ranges) == 1
-            single = (
-                single and messages is not None and messages.ranges[0][0] == (messages.ranges[0][1])
-            )
-            if len(self._uid_commands) < MAX_WATCHED_FETCHES:
-                self._uid_commands[tag] = (name, single)
+            self._follow_uid_command(command)
         return None
+
+    def _follow_uid_command(self, command: Command) -> None:
+        messages = command_set(command)
+        single = messages is not None and len(messages.ranges) == 1
+        single = single and messages is not None and messages.ranges[0][0] == messages.ranges[0][1]
+        if len(self._uid_commands) >= MAX_WATCHED_FETCHES:  # the oldest is stale
+            del self._uid_commands[next(iter(self._uid_commands))]
+        self._uid_commands[command.tag] = (command.name, single)
 
     def _new_mailbox(self, mailbox: bytes | None) -> None:
         self.mailbox.select(mailbox)
@@ -129,7 +148,9 @@ class StubFetch(Action):
 
     # --- untagged ----------------------------------------------------------------------
 
-    def on_untagged_line(self, kind: str, line: bytes, whole: bool, view: SessionView) -> bool:
+    def on_untagged_line(
+        self, kind: str, line: bytes, whole: bool, running: Callable[[], Collection[str]]
+    ) -> bool:
         if kind == "FETCH":
             return self._fetch_line(line, whole)
         if kind == "VANISHED":
@@ -142,7 +163,7 @@ class StubFetch(Action):
             self.mailbox.exists_now(number)
             return False
         # EXPUNGE
-        if whole and self._expunge_forbidden() and self.mailbox.hold_expunge(line):
+        if whole and self._expunge_forbidden(running) and self.mailbox.hold_expunge(line):
             return True
         self.mailbox.expunged(number)
         self._stubbed.clear()
@@ -162,8 +183,22 @@ class StubFetch(Action):
         self.mailbox.vanished(uids)
         self._stubbed.clear()
 
-    def _expunge_forbidden(self) -> bool:
+    def _watching_blockers(self) -> bool:
+        """A FETCH, STORE or SEARCH (no UID) of the client is followed, so in flight."""
         return bool(self._blocking) or any(not w.request.uid for w in self._fetches.values())
+
+    def _expunge_forbidden(self, running: Callable[[], Collection[str]]) -> bool:
+        """Whether an EXPUNGE must wait: a FETCH, STORE or SEARCH runs, or others wait."""
+        names = running()
+        if self._watching_blockers() and _NO_EXPUNGE_DURING.isdisjoint(names):
+            # What is followed is stale (a command answered without reaching on_tagged):
+            # those entries go, and the next tagged completion releases what is held.
+            self._blocking.clear()
+            for tag in [t for t, w in self._fetches.items() if not w.request.uid]:
+                del self._fetches[tag]
+        # after those already held, to keep the order
+        held = bool(self.mailbox.held_expunges)
+        return held or self._watching_blockers() or "SEARCH" in names
 
     def _fetch_line(self, line: bytes, whole: bool) -> bool:
         found = fetch_first_line(line)
@@ -190,13 +225,17 @@ class StubFetch(Action):
             return self._fetch_done(watch, line, lookup)
         if watch is not None and name == "UID FETCH":
             return self._uid_fetch_done(watch, line)
-        if self._blocking.pop(tag, None) is not None:
-            released = self.mailbox.release_expunges()
-            return TaggedOutcome(untagged=released, changed=False) if released else None
+        blocking = self._blocking.pop(tag, None)
+        if blocking is not None and blocking.startswith("STORE"):
+            outcome = self._store_done(tag, blocking == "STORE.SILENT", line)
+            if outcome is not None:
+                return outcome
         uid_command = self._uid_commands.pop(tag, None)
         if uid_command is not None and self.uid_vanished_ok:
-            return self._uid_done(tag, uid_command, line)
-        return None
+            outcome = self._uid_done(tag, uid_command, line)
+            if outcome is not None:
+                return outcome
+        return self._release(b"", None, changed=False)
 
     def _gone(self, status: bytes, text: bytes) -> bool:
         """Whether a completion says that messages were expunged - and nothing else: a NO
@@ -257,8 +296,10 @@ class StubFetch(Action):
     def _release(
         self, untagged: bytes, line: bytes | None, *, changed: bool = True, stubs: int = 0
     ) -> TaggedOutcome | None:
-        """The outcome, with the held EXPUNGEs after everything that uses old numbers."""
-        untagged += self.mailbox.release_expunges()
+        """The outcome, with the held EXPUNGEs after everything that uses old numbers -
+        unless another FETCH, STORE or SEARCH is still in flight."""
+        if not self._watching_blockers():
+            untagged += self.mailbox.release_expunges()
         if not untagged and line is None and not changed:
             return None
         return TaggedOutcome(untagged=untagged, line=line, changed=changed, stubs=stubs)
@@ -276,7 +317,18 @@ class StubFetch(Action):
             replacement = watch.tag + b" OK " + text + b"\r\n"
         if not watch.held and not watch.dropped and replacement is None:
             return None
-        return TaggedOutcome(line=replacement)
+        return self._release(b"", replacement)
+
+    def _store_done(self, tag: bytes, silent: bool, line: bytes) -> TaggedOutcome | None:
+        """RFC 2180 §4.2: a STORE touching expunged messages answered NO (4.1.2 servers)
+        becomes OK when silent, and with `policy: stub` when not: flags on a message that
+        is gone change nothing, and clients treat the NO as an error."""
+        status, text = _status(line, tag)
+        if status != b"NO" or not self._gone(status, text):
+            return None
+        if not silent and self.policy == "no":
+            return None
+        return self._release(b"", tag + b" OK " + text + b"\r\n")
 
     def _uid_done(self, tag: bytes, command: tuple[str, bool], line: bytes) -> TaggedOutcome | None:
         name, single = command
