@@ -13,7 +13,9 @@ It then advertises what it backs and answers the command itself:
   backed (RFC 5161 §3.1: the server lists only what it enabled).
 * `EmulateUnselect`: UNSELECT without CLOSE (CLOSE expunges, Q34): the proxy sends its own
   `EXAMINE` of a mailbox that cannot exist; a failed EXAMINE leaves no mailbox selected
-  (RFC 3501 §6.3.2), which is what UNSELECT means, so the client gets OK.
+  (RFC 3501 §6.3.2), which is what UNSELECT means, so the client gets OK (BAD when the
+  upstream said BAD, or at once when no mailbox was selected). Pipelined commands wait
+  behind the EXAMINE upstream, so they run after the mailbox is closed.
 """
 
 from __future__ import annotations
