@@ -416,3 +416,56 @@ def _split(encoded: bytes) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
             return tuple(lines), tuple(literals)
         literals.append(rest[: int(size.group(1))])
         rest = rest[int(size.group(1)) :]
+
+
+# --- every rule at once, any bytes --------------------------------------------------------
+
+EVERY_RULE = SHIPPED.only([loaded.rule.id for loaded in SHIPPED.rules])
+FUZZ_GREETINGS = [LEGACY, MODERN, COREMAIL, b"* PREAUTH [CAPABILITY IMAP4rev1 ID] Coremail\r\n"]
+FUZZ_CLIENT = [
+    b"1 LOGIN u p\r\n",
+    b"2 SELECT INBOX\r\n",
+    b"3 UNSELECT\r\n",
+    b"4 NAMESPACE\r\n",
+    b"5 ENABLE CONDSTORE\r\n",
+    b"\r\n",
+    b"6 UID FETCH 1:* (FLAGS) (CHANGEDSINCE 0)\r\n",
+    b'7 ID ("name" "com.apple.email.x" "event" "indexer")\r\n',
+    b"8 IDLE\r\n",
+    b"DONE\r\n",
+    b"A9 APPEND INBOX {3}\r\n",
+    b"10 FETCH 1 (BODYSTRUCTURE)\r\n",
+]
+FUZZ_UPSTREAM = [
+    b"A1 OK [CAPABILITY IMAP4rev1 ID] in\r\n",
+    b"ipx1 NO no\r\n",
+    b"ipx2 OK done\r\n",
+    b'* LIST (\\Noselect) "/" ""\r\n',
+    b"+ go\r\n",
+    b'* 1 FETCH (BODYSTRUCTURE ("text" "plain" () NIL NIL NIL -1 -1) BODY[]<9> NIL)\r\n',
+    b"* 2 FETCH (ENVELOPE (NIL {2}\r\nab () NIL NIL NIL NIL NIL NIL NIL))\r\n",
+    b"* OK [UIDVALIDITY 3]\r\n",
+    b'* ID ("name" "Coremail")\r\n',
+    b"A2 OK [READ-WRITE] done\r\n",
+    b"A8 OK idle done\r\n",
+]
+fuzz_chunks = st.one_of(st.binary(max_size=30), st.sampled_from(FUZZ_CLIENT + FUZZ_UPSTREAM))
+fuzz_steps = st.lists(
+    st.tuples(st.sampled_from(["client", "upstream", "keepalive"]), fuzz_chunks), max_size=40
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(FUZZ_GREETINGS), fuzz_steps)
+def test_every_rule_at_once_never_raises(greeting: bytes, script: list[tuple[str, bytes]]) -> None:
+    session = ProxySession(SessionSettings(rules=EVERY_RULE))
+    events = session.receive_from_upstream(greeting)
+    for side, data in script:
+        if side == "client":
+            events += session.receive_from_client(data)
+        elif side == "upstream":
+            events += session.receive_from_upstream(data)
+        else:
+            events += session.keepalive()
+    events += session.upstream_closed() + session.client_closed()
+    assert len([e for e in events if isinstance(e, ev.Close)]) == 1
