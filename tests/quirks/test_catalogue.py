@@ -469,3 +469,17 @@ def test_every_rule_at_once_never_raises(greeting: bytes, script: list[tuple[str
             events += session.keepalive()
     events += session.upstream_closed() + session.client_closed()
     assert len([e for e in events if isinstance(e, ev.Close)]) == 1
+
+
+def test_untagged_data_during_an_emulation_still_reaches_the_client() -> None:
+    session = logged_in(["answer-namespace", "emulate-unselect"])
+    session.receive_from_client(b"b SELECT INBOX\r\n")
+    session.receive_from_upstream(b"* 1 EXISTS\r\nb OK done\r\n")
+    session.receive_from_client(b"c NAMESPACE\r\n")
+    out = session.receive_from_upstream(b'* 2 EXISTS\r\n* LIST () "." ""\r\nipx1 OK\r\n')
+    assert to_client(out) == (
+        b'* 2 EXISTS\r\n* NAMESPACE (("" ".")) NIL NIL\r\nc OK NAMESPACE completed\r\n'
+    )
+    session.receive_from_client(b"d UNSELECT\r\n")
+    out = session.receive_from_upstream(b"* OK [CLOSED] closed\r\nipx2 NO no such mailbox\r\n")
+    assert to_client(out) == b"* OK [CLOSED] closed\r\nd OK UNSELECT completed\r\n"

@@ -102,7 +102,10 @@ class AnswerNamespace(_ServerGap):
 
         def answer(_line: bytes, untagged: list[bytes]) -> LocalAnswer:
             view.delimiter = _delimiter_in(untagged) or view.delimiter
-            return self.reply(view.delimiter)
+            reply = self.reply(view.delimiter)
+            # Anything else that came meanwhile (new mail…) is the client's.
+            other = b"".join(line for line in untagged if line[2:7].upper() != b"LIST ")
+            return LocalAnswer(other + reply.untagged, reply.status_text)
 
         # No LIST seen yet: ask the upstream for its delimiter (RFC 3501 §6.3.8).
         return Emulate(b'LIST "" ""', "LIST", answer)
@@ -139,9 +142,10 @@ class EmulateUnselect(_ServerGap):
         return Emulate(self.examine, "EXAMINE", _unselect_answer, selected_only=True)
 
 
-def _unselect_answer(line: bytes, _untagged: list[bytes]) -> LocalAnswer:
+def _unselect_answer(line: bytes, untagged: list[bytes]) -> LocalAnswer:
     """NO (no such mailbox) is the expected outcome: nothing is selected any more. BAD
-    means the EXAMINE was not run, so the mailbox stays selected."""
+    means the EXAMINE was not run, so the mailbox stays selected. Untagged data that
+    came meanwhile (`* OK [CLOSED]`, expunges of the old mailbox) goes to the client."""
     if line.split(b" ", 2)[1:2] == [b"BAD"]:
-        return LocalAnswer(b"", b"BAD UNSELECT failed")
-    return LocalAnswer(b"", b"OK UNSELECT completed")
+        return LocalAnswer(b"".join(untagged), b"BAD UNSELECT failed")
+    return LocalAnswer(b"".join(untagged), b"OK UNSELECT completed")
