@@ -68,7 +68,8 @@ def client_capabilities(upstream: Iterable[str], transport: ClientTransport) -> 
 
 
 def split_capabilities(text: bytes) -> list[str]:
-    return text.decode("ascii", "replace").split()
+    # A name with non-ASCII octets is no capability: it cannot be relayed, so it is dropped.
+    return [word.decode("ascii") for word in text.split() if word.isascii()]
 
 
 def capabilities_in_line(line: bytes) -> list[str] | None:

@@ -564,7 +564,8 @@ class ProxySession:
         if logged_in and self.state is ProtocolState.AUTHENTICATED:
             for text, applied in self.hooks.after_login():
                 self._out += applied
-                self._inject(text, text.split(b" ", 1)[0].decode("ascii").upper(), _consume)
+                name = text.split(b" ", 1)[0].decode("ascii").upper()
+                self._inject(text, name, self._consumer(name))
         released = self.hooks.release_before_completion(command.name)
         if released:
             self._out.append(ev.SendToClient(released))
@@ -942,6 +943,17 @@ class ProxySession:
             outgoing = Message(lines, outgoing.literals)
         self._send_message(msg.tag, outgoing)
 
+    def _consumer(self, name: str) -> _Completion:
+        """For a command the proxy sends for its own reasons: its answer is nobody's, but
+        other untagged data that came meanwhile (an [ALERT], new mail) is the client's."""
+
+        def consume(_line: bytes, untagged: list[bytes]) -> None:
+            others = b"".join(line for line in untagged if untagged_kind(line) != name)
+            if others:
+                self._to_client(others)
+
+        return consume
+
     def _emulate(self, tag: bytes, name: str, emulation: Emulate) -> None:
         """The proxy's own command stands in for the client's; answer from its outcome."""
         if emulation.selected_only and self.state is not ProtocolState.SELECTED:
@@ -980,10 +992,6 @@ class ProxySession:
         self._to_upstream(part)
         if self._proxy_parts:
             self._await = _Await.PROXY_LITERAL
-
-
-def _consume(_line: bytes, _untagged: list[bytes]) -> None:
-    """The answer to a command the proxy sent for its own reasons: nobody needs it."""
 
 
 def _status_of(line: bytes) -> bytes:

@@ -280,6 +280,13 @@ def test_id_is_sent_upstream_after_login_and_its_answer_consumed() -> None:
         b'* ID ("name" "Coremail")\r\nipx1 OK ID completed\r\n* 1 EXISTS\r\nb OK done\r\n'
     )
     assert to_client(out) == b"* 1 EXISTS\r\nb OK done\r\n"
+    # Other untagged data that came with the proxy's ID is the client's.
+    session.receive_from_client(b"c LOGOUT\r\n")
+    relogin = session_for(["coremail-send-id"], COREMAIL)
+    relogin.receive_from_client(b"a LOGIN u p\r\n")
+    relogin.receive_from_upstream(b"a OK Logged in\r\n")
+    out = relogin.receive_from_upstream(b"* ID NIL\r\n* OK [ALERT] quota\r\nipx1 OK\r\n")
+    assert to_client(out) == b"* OK [ALERT] quota\r\n"
     # Not for other upstreams, nor on a failed login.
     other = session_for(["coremail-send-id"], MODERN)
     other.receive_from_client(b"a LOGIN u p\r\n")
@@ -483,3 +490,10 @@ def test_untagged_data_during_an_emulation_still_reaches_the_client() -> None:
     session.receive_from_client(b"d UNSELECT\r\n")
     out = session.receive_from_upstream(b"* OK [CLOSED] closed\r\nipx2 NO no such mailbox\r\n")
     assert to_client(out) == b"* OK [CLOSED] closed\r\nd OK UNSELECT completed\r\n"
+
+
+def test_a_non_ascii_capability_from_the_upstream_is_dropped_not_a_traceback() -> None:
+    # Found by the session fuzz test: `* CAPABILITY \x80` raised UnicodeEncodeError.
+    session = session_for([])
+    out = session.receive_from_upstream(b"* CAPABILITY IMAP4rev1 \x80X IDLE\r\n")
+    assert to_client(out) == b"* CAPABILITY IMAP4rev1 IDLE LITERAL+\r\n"
