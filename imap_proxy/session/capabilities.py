@@ -69,11 +69,9 @@ def client_capabilities(upstream: Iterable[str], transport: ClientTransport) -> 
 
 
 def split_capabilities(text: bytes) -> list[str]:
+    # A name with non-ASCII octets is no capability: it cannot be relayed, so it is dropped.
     # Interned: thousands of sessions hold the same few dozen capability names.
-    names = text.decode("ascii", "replace").split()
-    for index, name in enumerate(names):
-        names[index] = sys.intern(name)
-    return names
+    return [sys.intern(word.decode("ascii")) for word in text.split() if word.isascii()]
 
 
 def capabilities_in_line(line: bytes) -> list[str] | None:

@@ -638,7 +638,8 @@ class ProxySession:
         if logged_in and self.state is ProtocolState.AUTHENTICATED:
             for text, applied in self.hooks.after_login():
                 self._out += applied
-                self._inject(text, text.split(b" ", 1)[0].decode("ascii").upper(), _consume)
+                name = text.split(b" ", 1)[0].decode("ascii").upper()
+                self._inject(text, name, self._consumer(name))
         released = self.hooks.release_before_completion(command.name)
         if released:
             self._out.append(ev.SendToClient(released))
@@ -1229,6 +1230,17 @@ class ProxySession:
 
         self._inject(b'LIST "" "*"', "LIST", learnt)
 
+    def _consumer(self, name: str) -> _Completion:
+        """For a command the proxy sends for its own reasons: its answer is nobody's, but
+        other untagged data that came meanwhile (an [ALERT], new mail) is the client's."""
+
+        def consume(_line: bytes, untagged: list[bytes]) -> None:
+            others = b"".join(line for line in untagged if untagged_kind(line) != name)
+            if others:
+                self._to_client(others)
+
+        return consume
+
     def _replace_command(self, tag: bytes, name: str, emulation: ReplaceCommand) -> None:
         """The proxy's own command stands in for the client's; answer from its outcome."""
         if emulation.selected_only and self.state is not ProtocolState.SELECTED:
@@ -1280,10 +1292,6 @@ _FETCH_NUMBER = re.compile(rb"\* (\d{1,10}) FETCH ")
 def _printable(text: str) -> bytes:
     """A parser's message, safe inside a response line."""
     return bytes(c if 0x20 <= c < 0x7F else 0x3F for c in text.encode("ascii", "replace")[:200])
-
-
-def _consume(_line: bytes, _untagged: list[bytes]) -> None:
-    """The answer to a command the proxy sent for its own reasons: nobody needs it."""
 
 
 def _status_of(line: bytes) -> bytes:

@@ -280,6 +280,13 @@ def test_id_is_sent_upstream_after_login_and_its_answer_consumed() -> None:
         b'* ID ("name" "Coremail")\r\nipx1 OK ID completed\r\n* 1 EXISTS\r\nb OK done\r\n'
     )
     assert to_client(out) == b"* 1 EXISTS\r\nb OK done\r\n"
+    # Other untagged data that came with the proxy's ID is the client's.
+    session.receive_from_client(b"c LOGOUT\r\n")
+    relogin = session_for(["coremail-send-id"], COREMAIL)
+    relogin.receive_from_client(b"a LOGIN u p\r\n")
+    relogin.receive_from_upstream(b"a OK Logged in\r\n")
+    out = relogin.receive_from_upstream(b"* ID NIL\r\n* OK [ALERT] quota\r\nipx1 OK\r\n")
+    assert to_client(out) == b"* OK [ALERT] quota\r\n"
     # Not for other upstreams, nor on a failed login.
     other = session_for(["coremail-send-id"], MODERN)
     other.receive_from_client(b"a LOGIN u p\r\n")
@@ -416,3 +423,77 @@ def _split(encoded: bytes) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
             return tuple(lines), tuple(literals)
         literals.append(rest[: int(size.group(1))])
         rest = rest[int(size.group(1)) :]
+
+
+# --- every rule at once, any bytes --------------------------------------------------------
+
+EVERY_RULE = SHIPPED.only([loaded.rule.id for loaded in SHIPPED.rules])
+FUZZ_GREETINGS = [LEGACY, MODERN, COREMAIL, b"* PREAUTH [CAPABILITY IMAP4rev1 ID] Coremail\r\n"]
+FUZZ_CLIENT = [
+    b"1 LOGIN u p\r\n",
+    b"2 SELECT INBOX\r\n",
+    b"3 UNSELECT\r\n",
+    b"4 NAMESPACE\r\n",
+    b"5 ENABLE CONDSTORE\r\n",
+    b"\r\n",
+    b"6 UID FETCH 1:* (FLAGS) (CHANGEDSINCE 0)\r\n",
+    b'7 ID ("name" "com.apple.email.x" "event" "indexer")\r\n',
+    b"8 IDLE\r\n",
+    b"DONE\r\n",
+    b"A9 APPEND INBOX {3}\r\n",
+    b"10 FETCH 1 (BODYSTRUCTURE)\r\n",
+]
+FUZZ_UPSTREAM = [
+    b"A1 OK [CAPABILITY IMAP4rev1 ID] in\r\n",
+    b"ipx1 NO no\r\n",
+    b"ipx2 OK done\r\n",
+    b'* LIST (\\Noselect) "/" ""\r\n',
+    b"+ go\r\n",
+    b'* 1 FETCH (BODYSTRUCTURE ("text" "plain" () NIL NIL NIL -1 -1) BODY[]<9> NIL)\r\n',
+    b"* 2 FETCH (ENVELOPE (NIL {2}\r\nab () NIL NIL NIL NIL NIL NIL NIL))\r\n",
+    b"* OK [UIDVALIDITY 3]\r\n",
+    b'* ID ("name" "Coremail")\r\n',
+    b"A2 OK [READ-WRITE] done\r\n",
+    b"A8 OK idle done\r\n",
+]
+fuzz_chunks = st.one_of(st.binary(max_size=30), st.sampled_from(FUZZ_CLIENT + FUZZ_UPSTREAM))
+fuzz_steps = st.lists(
+    st.tuples(st.sampled_from(["client", "upstream", "keepalive"]), fuzz_chunks), max_size=40
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(FUZZ_GREETINGS), fuzz_steps)
+def test_every_rule_at_once_never_raises(greeting: bytes, script: list[tuple[str, bytes]]) -> None:
+    session = ProxySession(SessionSettings(rules=EVERY_RULE))
+    events = session.receive_from_upstream(greeting)
+    for side, data in script:
+        if side == "client":
+            events += session.receive_from_client(data)
+        elif side == "upstream":
+            events += session.receive_from_upstream(data)
+        else:
+            events += session.keepalive()
+    events += session.upstream_closed() + session.client_closed()
+    assert len([e for e in events if isinstance(e, ev.Close)]) == 1
+
+
+def test_untagged_data_during_an_emulation_still_reaches_the_client() -> None:
+    session = logged_in(["answer-namespace", "emulate-unselect"])
+    session.receive_from_client(b"b SELECT INBOX\r\n")
+    session.receive_from_upstream(b"* 1 EXISTS\r\nb OK done\r\n")
+    session.receive_from_client(b"c NAMESPACE\r\n")
+    out = session.receive_from_upstream(b'* 2 EXISTS\r\n* LIST () "." ""\r\nipx1 OK\r\n')
+    assert to_client(out) == (
+        b'* 2 EXISTS\r\n* NAMESPACE (("" ".")) NIL NIL\r\nc OK NAMESPACE completed\r\n'
+    )
+    session.receive_from_client(b"d UNSELECT\r\n")
+    out = session.receive_from_upstream(b"* OK [CLOSED] closed\r\nipx2 NO no such mailbox\r\n")
+    assert to_client(out) == b"* OK [CLOSED] closed\r\nd OK UNSELECT completed\r\n"
+
+
+def test_a_non_ascii_capability_from_the_upstream_is_dropped_not_a_traceback() -> None:
+    # Found by the session fuzz test: `* CAPABILITY \x80` raised UnicodeEncodeError.
+    session = session_for([])
+    out = session.receive_from_upstream(b"* CAPABILITY IMAP4rev1 \x80X IDLE\r\n")
+    assert to_client(out) == b"* CAPABILITY IMAP4rev1 IDLE LITERAL+\r\n"

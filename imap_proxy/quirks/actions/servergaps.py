@@ -13,7 +13,9 @@ It then advertises what it backs and answers the command itself:
   backed (RFC 5161 §3.1: the server lists only what it enabled).
 * `EmulateUnselect`: UNSELECT without CLOSE (CLOSE expunges, Q34): the proxy sends its own
   `EXAMINE` of a mailbox that cannot exist; a failed EXAMINE leaves no mailbox selected
-  (RFC 3501 §6.3.2), which is what UNSELECT means, so the client gets OK.
+  (RFC 3501 §6.3.2), which is what UNSELECT means, so the client gets OK (BAD when the
+  upstream said BAD, or at once when no mailbox was selected). Pipelined commands wait
+  behind the EXAMINE upstream, so they run after the mailbox is closed.
 """
 
 from __future__ import annotations
@@ -100,7 +102,10 @@ class AnswerNamespace(_ServerGap):
 
         def answer(_line: bytes, untagged: list[bytes]) -> LocalAnswer:
             view.delimiter = _delimiter_in(untagged) or view.delimiter
-            return self.reply(view.delimiter)
+            reply = self.reply(view.delimiter)
+            # Anything else that came meanwhile (new mail…) is the client's.
+            other = b"".join(line for line in untagged if line[2:7].upper() != b"LIST ")
+            return LocalAnswer(other + reply.untagged, reply.status_text)
 
         # No LIST seen yet: ask the upstream for its delimiter (RFC 3501 §6.3.8).
         return ReplaceCommand(b'LIST "" ""', "LIST", answer)
@@ -137,9 +142,10 @@ class EmulateUnselect(_ServerGap):
         return ReplaceCommand(self.examine, "EXAMINE", _unselect_answer, selected_only=True)
 
 
-def _unselect_answer(line: bytes, _untagged: list[bytes]) -> LocalAnswer:
+def _unselect_answer(line: bytes, untagged: list[bytes]) -> LocalAnswer:
     """NO (no such mailbox) is the expected outcome: nothing is selected any more. BAD
-    means the EXAMINE was not run, so the mailbox stays selected."""
+    means the EXAMINE was not run, so the mailbox stays selected. Untagged data that
+    came meanwhile (`* OK [CLOSED]`, expunges of the old mailbox) goes to the client."""
     if line.split(b" ", 2)[1:2] == [b"BAD"]:
-        return LocalAnswer(b"", b"BAD UNSELECT failed")
-    return LocalAnswer(b"", b"OK UNSELECT completed")
+        return LocalAnswer(b"".join(untagged), b"BAD UNSELECT failed")
+    return LocalAnswer(b"".join(untagged), b"OK UNSELECT completed")
