@@ -457,3 +457,17 @@ def test_timeout_before_the_greeting_blames_the_upstream() -> None:
         ev.SendToClient(b"* BYE [UNAVAILABLE] Upstream server did not greet in time\r\n"),
         ev.Close("upstream-greeting"),
     ]
+
+
+def test_a_login_with_doubled_spaces_is_still_a_login() -> None:
+    # Regression: `a  LOGIN` was not recognised, so require_tls let it through untracked.
+    session = ProxySession(SessionSettings(require_tls=True))
+    session.receive_from_upstream(b"* OK [CAPABILITY IMAP4rev1] hi\r\n")
+    out = session.receive_from_client(b"a  LOGIN user secret\r\n")
+    assert ev.SendToUpstream(b"a  LOGIN user secret\r\n") not in out
+    assert (
+        ev.SendToClient(
+            b"a NO [PRIVACYREQUIRED] Log in only over TLS: use STARTTLS or the TLS port\r\n"
+        )
+        in out
+    )
