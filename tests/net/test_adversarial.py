@@ -231,3 +231,28 @@ async def test_a_client_that_never_reads_its_answers_is_not_read_either() -> Non
         assert taken <= (high_water // answer + 2 * 100) * len(b"a STARTTLS\r\n")
         assert taken < batches * len(batch)
         nursery.cancel_scope.cancel()
+
+
+async def test_the_preauth_timeout_starts_with_the_greeting(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A slow upstream greeting does not eat into the client's time to log in."""
+
+    async def slow_greeting(stream: trio.abc.Stream, script: UpstreamScript) -> None:
+        await trio.sleep(25)
+        upstream = LineClient(stream)
+        await upstream.send(GREETING)
+        await answer_commands(upstream)
+
+    config = ProxyConfig(timeouts=TimeoutsConfig(greeting=30, preauth=10))
+    async with trio.open_nursery() as nursery:
+        connection, client = connect(nursery, slow_greeting, config)
+        assert (await client.read_line()).startswith(b"* OK")
+        greeted_at = trio.current_time()
+        await trio.sleep(8)  # 33 s after connecting, 8 s after the greeting
+        await client.send(b"a NOOP\r\n")
+        assert await client.read_line() == b"a OK done\r\n"
+        assert (await client.read_line()).startswith(b"* BYE Autologout")
+        assert trio.current_time() - greeted_at > 10
+        nursery.cancel_scope.cancel()
+    assert connection.outcome == "timeout"
