@@ -388,12 +388,14 @@ class ProxySession:
             self._untagged(part)
             return
         tag, _, rest = line.partition(b" ")
-        status = rest.split(b" ", 1)[0].rstrip(b"\r\n").upper().decode("ascii", "replace")
+        # Runs of spaces as one, as the parser reads them (`a  OK` is still an OK).
+        status = rest.lstrip(b" ").split(b" ", 1)[0].rstrip(b"\r\n").upper()
+        status_text = status.decode("ascii", "replace")
         command = self._tracker.get(tag)
         if command is None:
             self._relay_line(part)  # not ours to understand: pass it on unchanged
             return
-        self._tagged(command, part, status)
+        self._tagged(command, part, status_text)
 
     def _relay_line(self, part: LinePart, line: bytes | None = None) -> None:
         self._out.append(ev.SendToClient(part.raw if line is None else line))

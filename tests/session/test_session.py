@@ -471,3 +471,14 @@ def test_a_login_with_doubled_spaces_is_still_a_login() -> None:
         )
         in out
     )
+
+
+def test_a_tagged_ok_with_doubled_spaces_still_logs_in() -> None:
+    # Regression: the status word of `a  OK` was read as "", so a sloppy upstream's
+    # successful LOGIN left the session "not authenticated" (pre-auth timeout, no rules).
+    session = greeted()
+    session.receive_from_client(b"a LOGIN u p\r\n")
+    out = session.receive_from_upstream(b"a  OK Logged in\r\n")
+    assert ev.SendToClient(b"a  OK Logged in\r\n") in out
+    assert session.state is ProtocolState.AUTHENTICATED
+    assert ev.CommandCompleted("a", "LOGIN", "OK") in out
