@@ -28,7 +28,12 @@ import pytest
 PASSWORDS_FILE_ENV = "IMAP_PROXY_TEST_PASSWORDS_FILE"
 LOG_FILE_ENV = "IMAP_PROXY_TEST_LOG_FILE"
 ROOT = Path(__file__).resolve().parents[2]
-SUITE = "tests/integration/test_proxy_dovecot.py"
+# The everyday suite, and the attacks and faults (odd LOGINs, cut literals, aborted SASL).
+SUITE = (
+    "tests/integration/test_proxy_dovecot.py",
+    "tests/integration/test_adversarial.py",
+    "tests/integration/test_fault_injection.py",
+)
 CHILD_TIMEOUT = 900  # the whole Dovecot suite runs in the child (about 25 s here)
 
 
@@ -75,7 +80,7 @@ def run_suite_for_secrets(tmp_path: Path, environment: dict[str, str]) -> set[st
             "no:cacheprovider",
             "-p",
             "tests.integration.test_no_secrets_in_logs",
-            SUITE,
+            *SUITE,
         ],
         cwd=ROOT,
         env=os.environ | environment | {PASSWORDS_FILE_ENV: str(passwords_file)},
