@@ -3,7 +3,7 @@
 How this works: `ClientConnection.run()` finishes an implicit-TLS handshake if the
 listener is `imaps`, dials the upstream (on failure the client gets
 `* BYE [UNAVAILABLE] <reason>` and the connection ends), builds the sans-IO session from
-the configuration (`session_settings()`), then runs four tasks in one nursery:
+the configuration (`session_settings()`), then runs its tasks in one nursery:
 
 * two readers (client, upstream) that feed what they read to the session and carry out
   the events it returns (`_handle`). A reader reads its side only while the session does
@@ -13,10 +13,11 @@ the configuration (`session_settings()`), then runs four tasks in one nursery:
 * two `QueuedWriter`s, which own the writing to each stream, so sends stay in order per
   destination and never overlap. A reader queues its batch's output without waking them
   and then flushes it itself when it is small (`QueuedWriter.flush`): a command's round
-  trip costs no task switch; bulk data and TLS steps go through the writer tasks.
-  TLS switches (StartClientTLS / StartUpstreamTLS) are
-  queued on the writer of that side as steps: they run once everything queued before
-  them is written, wrap the stream in `trio.SSLStream`, shake hands, and tell the session;
+  trip costs no task switch. Bulk data and TLS switches (StartClientTLS /
+  StartUpstreamTLS, queued as steps: they run once everything queued before them is
+  written, wrap the stream in `trio.SSLStream`, shake hands, and tell the session) go
+  through a writer task, which runs in the nursery only while there is such work: an
+  idle session holds just its two readers;
 * and a deadline that follows `session.idle_deadline_kind`: the greeting timeout (counted
   from the connection's start) until the upstream has greeted, then the pre-auth or idle
   timeout, counted from the client's last activity. Before login only a read that starts
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import math
 import secrets
 import ssl
@@ -304,9 +306,13 @@ class ClientConnection:
         async with trio.open_nursery() as nursery:
             for side in _Side:
                 self._writers[side] = QueuedWriter(
-                    self._streams[side], high_water=self._high_water, on_relief=self._wake
+                    self._streams[side],
+                    high_water=self._high_water,
+                    on_relief=self._wake,
+                    spawn=nursery.start_soon,
+                    errors=STREAM_ERRORS,
+                    on_error=functools.partial(self._writer_failed, side),
                 )
-                nursery.start_soon(self._write_loop, side)
                 nursery.start_soon(self._read_loop, side)
             if self._timers is None:
                 self._timers = Timers(on_error=self._timer_failed)
@@ -530,11 +536,8 @@ class ClientConnection:
                 self._side_lost(side, _failure_reason(exc))
                 return
 
-    async def _write_loop(self, side: _Side) -> None:
-        try:
-            await self._writers[side].run()
-        except STREAM_ERRORS as exc:
-            self._side_lost(side, _failure_reason(exc))
+    def _writer_failed(self, side: _Side, exc: Exception) -> None:
+        self._side_lost(side, _failure_reason(exc))
 
     def _side_lost(self, side: _Side, reason: str) -> None:
         """The side's stream ended or failed: tell the session, carry out its last words."""

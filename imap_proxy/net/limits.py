@@ -17,6 +17,11 @@ How this works:
   point without closing. Once closed or stopped, the writer drops what it is given (the
   peer is gone or going; there is no one left to tell).
 
+  Given `spawn` (a nursery's `start_soon`), the writer runs no task of its own while it
+  has nothing to write: a task is started when work is queued and ends when the queue is
+  empty, so an idle connection costs no writer task (some 3 KB each). Its stream errors
+  of the kinds in `errors` go to `on_error`; any other exception propagates as a bug.
+
   The fast path: a producer that is itself a task (a connection's reader) may queue with
   `send(data, wake=False)` and then `await flush()`, which writes the queue from that
   task when no write is under way and what is queued is small. A request/response round
@@ -42,6 +47,7 @@ DEFAULT_MAX_WRITE = 1024 * 1024
 INLINE_FLUSH_MAX = 16 * 1024
 
 Action = Callable[[], Awaitable[None]]
+Spawn = Callable[[Action], None]  # starts a task, e.g. a nursery's start_soon
 
 
 class ConnectionLimiter:
@@ -92,11 +98,18 @@ class QueuedWriter:
         high_water: int = DEFAULT_HIGH_WATER,
         max_write: int = DEFAULT_MAX_WRITE,
         on_relief: Callable[[], None] | None = None,
+        spawn: Spawn | None = None,
+        errors: tuple[type[Exception], ...] = (),
+        on_error: Callable[[Exception], None] | None = None,
     ) -> None:
         self.stream = stream  # replaced by a TLS step (`then`) when the stream is wrapped
         self.high_water = high_water
         self.max_write = max_write
         self._on_relief = on_relief
+        self._spawn = spawn  # None: the owner runs run(); else a task is started on demand
+        self._errors = errors
+        self._on_error = on_error
+        self._task_running = False
         self._queue: deque[bytes | Action] = deque()
         self._queued_bytes = 0
         self._in_progress = False  # a write (or step) is under way, by run() or flush()
@@ -167,6 +180,9 @@ class QueuedWriter:
         try:
             while self._queue and isinstance(self._queue[0], bytes):
                 await self._write_chunk()
+        except BaseException:
+            self._finish()  # the stream is broken (or torn down): nothing more is written
+            raise
         finally:
             self._in_progress = False
         if self._queue or self._closed:
@@ -185,6 +201,12 @@ class QueuedWriter:
         """Accept nothing more; `run()` returns when what is queued has been written."""
         self._closed = True
         self._wakeup.set()
+        if self._spawn is not None and not self._task_running and not self._in_progress:
+            # (A flush() under way pokes when it ends, and the task started then finishes.)
+            if self._queue:
+                self._start_task()
+            else:
+                self._finish()
 
     async def wait_idle(self) -> None:
         """Wait until everything queued so far (and anything added meanwhile) is written."""
@@ -195,6 +217,18 @@ class QueuedWriter:
         if self._idle.is_set():
             self._idle = trio.Event()
         self._wakeup.set()
+        if self._spawn is not None and not self._task_running:
+            self._start_task()
+
+    def _start_task(self) -> None:
+        if self._stopped or self._spawn is None:
+            return
+        self._task_running = True
+        try:
+            self._spawn(self._drain)
+        except RuntimeError:  # the owner's nursery has closed: nothing more is written
+            self._task_running = False
+            self._finish()
 
     # --- the writing task ------------------------------------------------------------
 
@@ -220,19 +254,35 @@ class QueuedWriter:
         try:
             await self._write_until_closed()
         finally:
-            self._stopped = True
-            self._idle.set()
-            if self._relief_owed and self._on_relief:
-                self._relief_owed = False
-                self._on_relief()
+            self._finish()
 
-    async def _write_until_closed(self) -> None:
+    async def _drain(self) -> None:
+        """The on-demand task (with `spawn`): write until the queue is empty, then end."""
+        try:
+            await self._write_until_closed(until_empty=True)
+        except self._errors as exc:
+            self._finish()
+            if self._on_error is not None:
+                self._on_error(exc)
+        finally:
+            self._task_running = False
+        if self._closed and not self._queue:
+            self._finish()
+
+    def _finish(self) -> None:
+        self._stopped = True
+        self._idle.set()
+        if self._relief_owed and self._on_relief:
+            self._relief_owed = False
+            self._on_relief()
+
+    async def _write_until_closed(self, *, until_empty: bool = False) -> None:
         while True:
             if not self._queue or self._in_progress:
                 # Nothing to do, or a flush() is writing: it pokes when it leaves work.
                 if not self._queue:
                     self._idle.set()
-                    if self._closed:
+                    if self._closed or until_empty:
                         return
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()

@@ -115,12 +115,13 @@ def settings_directive(settings: SessionSettings) -> TraceLine:
 class SessionTranscript:
     """Calls on a session (bytes in, events out) -> redacted transcript entries."""
 
-    def __init__(self, config: RecorderConfig) -> None:
+    def __init__(self, config: RecorderConfig, client_literal_max: int | None = None) -> None:
         self._redactors = {
             name: StreamRedactor(
                 commands=name in (CLIENT_IN, UPSTREAM_OUT),
                 policy=config.keep_literals,
                 keep_octets=config.literal_keep_octets,
+                refused_over=client_literal_max if name == CLIENT_IN else None,
             )
             for name in (CLIENT_IN, UPSTREAM_OUT, UPSTREAM_IN, CLIENT_OUT)
         }
@@ -217,7 +218,9 @@ class _Recording:
     def __init__(self, recorder: Recorder, settings: SessionSettings) -> None:
         self.recorder = recorder
         self.config = recorder.config
-        self.transcript = SessionTranscript(recorder.config)
+        self.transcript = SessionTranscript(
+            recorder.config, settings.client_limits.max_literal_size
+        )
         self.session_id = settings.peer.session_id or f"{os.getpid()}-{id(self):x}"
         self.started = time.gmtime()
         self.family: str | None = None

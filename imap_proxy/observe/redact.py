@@ -112,9 +112,18 @@ class StreamRedactor:
     """One direction of a connection in, redacted bytes out; see the module docstring."""
 
     def __init__(
-        self, *, commands: bool, policy: LiteralPolicy = LiteralPolicy.HASH, keep_octets: int = 64
+        self,
+        *,
+        commands: bool,
+        policy: LiteralPolicy = LiteralPolicy.HASH,
+        keep_octets: int = 64,
+        refused_over: int | None = None,
     ) -> None:
         self.commands = commands
+        # The session's own limit: a literal announced over it is refused before any of
+        # its octets is read, so the announcement is recorded as sent (a smaller size
+        # would replay as a literal the session accepts).
+        self.refused_over = refused_over
         self.policy = policy
         self.keep_octets = keep_octets
         self.broken: str | None = None  # why the stream could not be framed (then: nothing)
@@ -241,6 +250,8 @@ class StreamRedactor:
         """Plan the literal `part` announces and rewrite its size if its content changes."""
         header = part.literal
         if header is None or header.size == 0:
+            return raw
+        if self.refused_over is not None and header.size > self.refused_over:
             return raw
         literal = _Literal(header.size, header.synchronizing, replacement=replacement)
         self._literal = literal

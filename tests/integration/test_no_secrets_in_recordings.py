@@ -47,11 +47,21 @@ def test_recordings_of_the_dovecot_suite_hold_no_secrets_and_replay(tmp_path: Pa
     packaged = load_snapshot(None)
     rules_line = f"# rules: {packaged_rules_dir()}\n"
     replayed = 0
+    unframed = 0
     for path, text in texts.items():
         if rules_line not in text:
             continue  # a test with its own rules: replayed with those elsewhere
+        if "# could not frame part of the session" in text or text.endswith(
+            "# ended: client-protocol-error\n"
+        ):
+            # An attack the session refused (an overlong line, an absurd literal size):
+            # the offending bytes were never a complete message, so the recording ends
+            # before them and cannot replay to the same BYE.
+            unframed += 1
+            continue
         entries = transcript.parse(text)
         result = replay(entries, rules=packaged.rules, fingerprints=packaged.fingerprints)
         assert result.to_client == transcript.client_bytes(entries), path.name
         replayed += 1
     assert replayed >= 20, replayed
+    assert unframed <= 8, unframed

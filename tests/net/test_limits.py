@@ -8,6 +8,8 @@ and watch the queue grow past the high-water mark and relief arrive.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import pytest
 import trio
 import trio.testing
@@ -222,3 +224,76 @@ async def test_flush_propagates_stream_errors() -> None:
     writer.send(b"a OK\r\n", wake=False)
     with pytest.raises(trio.BrokenResourceError):
         await writer.flush()
+
+
+class Spawner:
+    """A `spawn` for QueuedWriter that counts the tasks it starts in a nursery."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
+        self.started = 0
+        self.running = 0
+
+    def __call__(self, task: Callable[[], Awaitable[None]]) -> None:
+        async def counted() -> None:
+            self.running += 1
+            try:
+                await task()
+            finally:
+                self.running -= 1
+
+        self.started += 1
+        self.nursery.start_soon(counted)
+
+
+async def test_an_on_demand_writer_runs_a_task_only_while_it_has_work() -> None:
+    stream = CountingStream()
+    async with trio.open_nursery() as nursery:
+        spawner = Spawner(nursery)
+        writer = QueuedWriter(stream, spawn=spawner)
+        await trio.testing.wait_all_tasks_blocked()
+        assert spawner.started == 0  # idle: no task at all
+        writer.send(b"a OK\r\n")
+        writer.send(b"b OK\r\n")
+        await writer.wait_idle()
+        await trio.testing.wait_all_tasks_blocked()
+        assert stream.writes == [b"a OK\r\nb OK\r\n"]
+        assert spawner.started == 1 and spawner.running == 0  # it ended when done
+        writer.send(b"x" * (INLINE_FLUSH_MAX + 1), wake=False)
+        await writer.flush()  # too large inline: a task takes it
+        await writer.wait_idle()
+        assert spawner.started == 2
+        writer.close()
+        assert writer.stopped
+
+
+async def test_closing_during_a_flush_still_writes_the_last_words() -> None:
+    stream = GatedStream()
+    async with trio.open_nursery() as nursery:
+        writer = QueuedWriter(stream, spawn=nursery.start_soon)
+        writer.send(b"* BYE going\r\n", wake=False)
+        nursery.start_soon(writer.flush)
+        await stream.writing.wait()  # the flush is inside send_all
+        writer.close()  # as the connection does when it closes
+        assert not writer.stopped and not writer.idle
+        stream.gate.set()
+        with trio.fail_after(5):
+            await writer.wait_idle()
+    assert stream.writes == [b"* BYE going\r\n"] and writer.stopped
+
+
+async def test_an_on_demand_writer_reports_stream_errors() -> None:
+    stream = CountingStream()
+    stream.fail = True
+    failures: list[Exception] = []
+    async with trio.open_nursery() as nursery:
+        writer = QueuedWriter(
+            stream,
+            spawn=nursery.start_soon,
+            errors=(trio.BrokenResourceError,),
+            on_error=failures.append,
+        )
+        writer.send(b"a OK\r\n")
+        await writer.wait_idle()
+    assert [type(f) for f in failures] == [trio.BrokenResourceError]
+    assert writer.stopped

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from imap_proxy.config import KeepLiterals, RecorderConfig
 from imap_proxy.config_loader import ConfigError, load_config
 from imap_proxy.observe.recorder import Recorder, RecordingSession
+from imap_proxy.observe.redact import StreamRedactor
 from imap_proxy.quirks.model import RuleSet, load_rules
 from imap_proxy.session import events as ev
 from imap_proxy.session.proxy import ProxySession
@@ -610,3 +611,11 @@ def test_literal_conversion_and_local_answers_record_and_replay(tmp_path: Path, 
     result = replay(recorded.entries, rules=SHIPPED_RULES)
     assert result.to_client == recorded.live_client
     assert result.upstream_divergence is None
+
+
+def test_a_literal_the_session_refuses_is_recorded_as_announced() -> None:
+    # The session BYEs on the announcement itself; a rewritten (hashed) size would replay
+    # as a literal it accepts.
+    line = b"a APPEND INBOX {100001+}\r\n"
+    assert StreamRedactor(commands=True, refused_over=100_000).feed(line) == line
+    assert StreamRedactor(commands=True).feed(line) != line
