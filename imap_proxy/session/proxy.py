@@ -176,6 +176,7 @@ class _BridgeStep(enum.Enum):
     ENDING = "ending"  # our DONE is out; the ended IDLE's tagged OK is awaited
     STARTING = "starting"  # our own IDLE is out; its `+` is awaited
     POLLING = "polling"  # our NOOP is out
+    WAITING = "waiting"  # polling: the client's earlier commands run; `+` when they end
 
 
 @dataclass(slots=True)
@@ -1197,6 +1198,7 @@ class ProxySession:
 
     def _start_emulation_when_quiet(self) -> None:
         """Run the pending emulation once nothing else is in flight upstream."""
+        self._polled_idle_when_quiet()
         emulation = self._emulation
         if emulation is None or emulation.started or len(self._tracker) > 0:
             return
@@ -1405,10 +1407,17 @@ class ProxySession:
         if part.literal is not None or part.raw.split(None, 1)[1].strip().upper() != b"IDLE":
             self._answer(tag, "IDLE", b"BAD IDLE takes no arguments")
             return
-        self._bridge = _IdleBridge(tag, action, action.poll_interval, True)
+        self._bridge = _IdleBridge(tag, action, action.poll_interval, True, _BridgeStep.WAITING)
         self._role = _Role.IDLE_DONE
         self._out += self.hooks.record([(action.rule_id, action.kind)])
-        self._to_client(b"+ idling\r\n")
+        self._polled_idle_when_quiet()
+
+    def _polled_idle_when_quiet(self) -> None:
+        """`+` for a polled IDLE once the client's earlier commands have their answers."""
+        bridge = self._bridge
+        if bridge is not None and bridge.step is _BridgeStep.WAITING and len(self._tracker) == 0:
+            bridge.step = _BridgeStep.IDLING
+            self._to_client(b"+ idling\r\n")
 
     def _polled(self, _line: bytes, untagged: list[bytes]) -> None:
         """Our NOOP ended; its untagged data has gone to the client already (or is here)."""

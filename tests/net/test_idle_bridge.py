@@ -24,7 +24,9 @@ WITHOUT_IDLE = b"* OK [CAPABILITY IMAP4rev1 LITERAL+ AUTH=PLAIN] ready\r\n"
 
 
 class FakeServer:
-    def __init__(self) -> None:
+    def __init__(self, *, done_delay: float = 0.0, refuse_reidle: bool = False) -> None:
+        self.done_delay = done_delay  # seconds before the tagged answer to a DONE
+        self.refuse_reidle = refuse_reidle  # NO to every IDLE after the first
         self.lines: list[bytes] = []
         self.idle_lengths: list[float] = []
         self.noops: list[float] = []
@@ -37,11 +39,15 @@ class FakeServer:
             self.lines.append(line)
             tag, _, rest = line.partition(b" ")
             verb = rest.split(b" ", 1)[0].strip().upper()
-            if verb == b"IDLE":
+            if verb == b"IDLE" and self.refuse_reidle and self.idle_lengths:
+                await upstream.send(tag + b" NO [LIMIT] No more IDLE for you\r\n")
+            elif verb == b"IDLE":
                 idle_tag, idle_since = tag, trio.current_time()
                 await upstream.send(b"+ idling\r\n")
             elif line.strip().upper() == b"DONE":
                 self.idle_lengths.append(trio.current_time() - idle_since)
+                await trio.sleep(self.done_delay)
+                await upstream.send(b"* 3 EXISTS\r\n" if self.done_delay else b"")
                 await upstream.send(idle_tag + b" OK Idle completed\r\n")
             elif verb == b"NOOP":
                 self.noops.append(trio.current_time())
@@ -103,6 +109,43 @@ async def test_without_the_rule_one_idle_lasts_the_hour(
         await client.send(b"DONE\r\n")
         assert await client.read_line() == b"i OK Idle completed\r\n"
         assert server.idle_lengths == [pytest.approx(3600, abs=1)]
+        connection.shutdown()
+        assert (await client.read_line()).startswith(b"* BYE")
+
+
+async def test_a_done_during_a_slow_renewal_ends_the_new_idle(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    server = FakeServer(done_delay=10)
+    async with trio.open_nursery() as nursery:
+        connection, client = connection_with(["idle-reidle"], WITH_IDLE, server, nursery)
+        nursery.start_soon(connection.run)
+        await idle(client)
+        await trio.sleep(1501)  # the renewal's DONE is out; its answer comes at 1510
+        await client.send(b"DONE\r\n")
+        assert await client.read_line() == b"* 3 EXISTS\r\n"  # sent with the renewal's OK
+        assert await client.read_line() == b"* 3 EXISTS\r\n"  # and with the final OK
+        assert await client.read_line() == b"i OK Idle completed\r\n"
+        done = [line for line in server.lines if line == b"DONE\r\n" or b"IDLE" in line]
+        assert done[0] == b"i IDLE\r\n" and done[1] == b"DONE\r\n"
+        assert done[2].startswith(b"ipx") and done[2].endswith(b" IDLE\r\n")
+        assert done[3:] == [b"DONE\r\n"]  # the client's DONE, once
+        connection.shutdown()
+        assert (await client.read_line()).startswith(b"* BYE")
+
+
+async def test_a_refused_renewal_ends_the_clients_idle(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    server = FakeServer(refuse_reidle=True)
+    async with trio.open_nursery() as nursery:
+        connection, client = connection_with(["idle-reidle"], WITH_IDLE, server, nursery)
+        nursery.start_soon(connection.run)
+        await idle(client)
+        assert await client.read_line() == b"i NO [LIMIT] No more IDLE for you\r\n"
+        await client.send(b"DONE\r\nn NOOP\r\n")  # that DONE is dropped
+        assert await client.read_line() == b"n OK NOOP completed\r\n"
+        assert server.lines[-1] == b"n NOOP\r\n" and server.lines.count(b"DONE\r\n") == 1
         connection.shutdown()
         assert (await client.read_line()).startswith(b"* BYE")
 

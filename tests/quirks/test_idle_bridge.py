@@ -272,12 +272,13 @@ def test_done_during_a_noop_is_answered_after_it() -> None:
     assert to_upstream(out) == b"c NOOP\r\n"
 
 
-def test_no_poll_while_earlier_client_commands_run() -> None:
+def test_the_idle_waits_for_earlier_client_commands() -> None:
     session = logged_in(["idle-by-polling"], WITHOUT_IDLE)
-    session.receive_from_client(b"c FETCH 1 FLAGS\r\ni IDLE\r\n")
-    session.next_tick(0)
-    assert to_upstream(session.tick(POLL)) == b""  # c still runs: try again later
-    session.receive_from_upstream(b"* 1 FETCH (FLAGS ())\r\nc OK done\r\n")
+    out = session.receive_from_client(b"c FETCH 1 FLAGS\r\ni IDLE\r\n")
+    assert to_upstream(out) == b"c FETCH 1 FLAGS\r\n" and to_client(out) == b""
+    assert session.next_tick(0) is None and session.tick(POLL) == []
+    out = session.receive_from_upstream(b"* 1 FETCH (FLAGS ())\r\nc OK done\r\n")
+    assert to_client(out) == b"* 1 FETCH (FLAGS ())\r\nc OK done\r\n+ idling\r\n"
     assert session.next_tick(POLL) == 2 * POLL
     assert to_upstream(session.tick(2 * POLL)).endswith(b" NOOP\r\n")
 
