@@ -1383,9 +1383,10 @@ class ProxySession:
             self._bridge = _IdleBridge(self._await_tag, action, action.reidle_after, False)
 
     def _bridged_idle_ended(self, status: str) -> bool:
-        """A tagged answer to the IDLE the client is in. After our DONE, an OK is ours:
-        swallowed, and our own IDLE continues the client's (True). Anything else (the
-        client's DONE was answered, the renewal was refused) ends the client's IDLE."""
+        """A tagged answer to the IDLE the client is in (and has not ended: its DONE ends
+        the bridge). After our DONE, an OK is ours: swallowed, and our own IDLE continues
+        the client's (True). Anything else (the renewal refused, the upstream ending the
+        IDLE itself) ends the client's IDLE, and the DONE the client will send is dropped."""
         bridge = self._bridge
         assert bridge is not None
         if bridge.step is _BridgeStep.ENDING and status == "OK":
@@ -1395,8 +1396,7 @@ class ProxySession:
             self._expect_continuation(bridge.tag, _Await.REIDLE)
             self._to_upstream(upstream_tag + b" IDLE\r\n")
             return True
-        if bridge.step in (_BridgeStep.ENDING, _BridgeStep.STARTING):
-            self._stray_done = True  # the client has not ended this IDLE: its DONE will come
+        self._stray_done = True  # the client has not ended this IDLE: its DONE will come
         self._bridge = None
         return False
 

@@ -166,6 +166,15 @@ def test_after_a_refused_renewal_a_client_that_sends_no_done_goes_on() -> None:
     assert to_upstream(session.receive_from_client(b"DONE\r\n")) == b"DONE\r\n"  # not ours now
 
 
+def test_an_upstream_ending_the_idle_itself_ends_the_clients() -> None:
+    session = idling()
+    out = session.receive_from_upstream(b"i OK IDLE timed out\r\n")
+    assert to_client(out) == b"i OK IDLE timed out\r\n"
+    assert session.next_tick(0) is None
+    out = session.receive_from_client(b"DONE\r\n")  # sent before it saw the answer
+    assert to_upstream(out) == b"" and to_client(out) == b""
+
+
 def test_an_upstream_bye_during_the_renewal_reaches_the_client() -> None:
     session = idling()
     session.tick(REIDLE_AFTER)
