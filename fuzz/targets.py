@@ -19,15 +19,19 @@ coverage-guided, run for millions of inputs; see docs/reliability.md) and hypoth
 target decodes its input into steps (`decode_steps`): each step is one byte choosing what
 happens (client bytes, upstream bytes, a dictionary word for either side, a TLS handshake
 completing, a timeout, a drain, a side closing) followed by its payload; bytes for a side
-the session has paused are dropped, as the I/O layer would not read them.
+the session has paused are dropped, as the I/O layer would not read them. The first
+input byte also chooses require_tls and whether the shipped quirk rules are active.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from imap_proxy.quirks.model import RuleSet
+from imap_proxy.quirks.store import QuirkSnapshot, load_snapshot
 from imap_proxy.session.proxy import ProxySession
 from imap_proxy.session.settings import SessionSettings
 from imap_proxy.wire.command import parse_command, peek_command
@@ -219,7 +223,14 @@ def decode_steps(data: bytes) -> tuple[bytes, list[Step]]:
     return greeting, steps
 
 
-def new_session(require_tls: bool = False) -> ProxySession:
+@functools.cache
+def shipped_quirks() -> QuirkSnapshot:
+    """The packaged rules and fingerprints (loaded once per process)."""
+    return load_snapshot(None)
+
+
+def new_session(require_tls: bool = False, *, rules: bool = False) -> ProxySession:
+    quirks = shipped_quirks() if rules else None
     return ProxySession(
         SessionSettings(
             client_limits=CLIENT_LIMITS,
@@ -227,6 +238,8 @@ def new_session(require_tls: bool = False) -> ProxySession:
             starttls_available=True,
             require_tls=require_tls,
             capture_literal_max=CAPTURE_MAX,
+            rules=quirks.rules if quirks is not None else RuleSet.empty(),
+            fingerprints=quirks.fingerprints if quirks is not None else None,
         )
     )
 
@@ -246,12 +259,15 @@ def held_bytes(session: ProxySession) -> int:
     return total
 
 
-def run_session(greeting: bytes, steps: list[Step], *, require_tls: bool = False) -> None:
-    """Drive one session through `steps`; check it never raises, memory stays bounded,
-    and it ends with exactly one Close once both sides are gone."""
+def run_session(
+    greeting: bytes, steps: list[Step], *, require_tls: bool = False, rules: bool = False
+) -> None:
+    """Drive one session through `steps` (with the shipped rules when `rules`); check it
+    never raises, memory stays bounded, and it ends with exactly one Close once both
+    sides are gone."""
     from imap_proxy.session import events as ev
 
-    session = new_session(require_tls)
+    session = new_session(require_tls, rules=rules)
     events = session.receive_from_upstream(greeting)
     actions: dict[str, Callable[[], list[ev.Event]]] = {
         "client-tls": session.client_tls_established,
@@ -281,7 +297,8 @@ def run_session(greeting: bytes, steps: list[Step], *, require_tls: bool = False
 
 def session(data: bytes) -> None:
     greeting, steps = decode_steps(data)
-    run_session(greeting, steps, require_tls=bool(data) and data[0] >= 128)
+    flags = data[0] if data else 0
+    run_session(greeting, steps, require_tls=flags >= 128, rules=bool(flags & 64))
 
 
 TARGETS: Final[dict[str, Callable[[bytes], None]]] = {

@@ -394,6 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `imap-proxy rules docs | head`: the reader is gone, say nothing
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - interpreter exit flushes it
+        return EXIT_OK
 
 
 def _exit_code(code: str | int | None) -> int:

@@ -238,6 +238,7 @@ class ClientConnection:
         self._session: SessionLike | None = None
         self._relaying = False
         self._greeted = False
+        self._greeted_at = 0.0
         self._closing = False
         self._close_requested = trio.Event()
         self._shutdown_requested = False
@@ -411,6 +412,7 @@ class ClientConnection:
                 )
             case ev.UpstreamReady(capabilities=capabilities):
                 self._greeted = True
+                self._greeted_at = trio.current_time()
                 self._log.debug("upstream ready", capabilities=" ".join(capabilities))
             case ev.Authenticated(user=user, mechanism=mechanism):
                 label = None if user is None else user_label(user, self._config.log.hash_user)
@@ -571,8 +573,8 @@ class ClientConnection:
         timeouts = self._config.timeouts
         if kind == "greeting":
             return self._opened_at + timeouts.greeting
-        if kind == "preauth":
-            return self._last_activity + timeouts.preauth
+        if kind == "preauth":  # counted from the greeting at the earliest
+            return max(self._last_activity, self._greeted_at) + timeouts.preauth
         last = self._last_activity
         if kind == "idle" and _Side.CLIENT in self._writers:
             last = max(last, self._writers[_Side.CLIENT].last_write_at)

@@ -39,7 +39,7 @@ DEFAULT_HIGH_WATER = 1024 * 1024
 DEFAULT_MAX_WRITE = 1024 * 1024
 # `flush()` writes from the producer's task only up to this much; bulk data (message
 # bodies) goes through the writer task, so reading the next chunk overlaps this write.
-INLINE_FLUSH_MAX = 64 * 1024
+INLINE_FLUSH_MAX = 16 * 1024
 
 Action = Callable[[], Awaitable[None]]
 

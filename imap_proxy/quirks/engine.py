@@ -138,9 +138,42 @@ def _id_matches(wanted: dict[str, str], params: list[tuple[bytes, bytes | None]]
     return True
 
 
+@dataclass(frozen=True, slots=True)
+class _HookSets:
+    """What a set of active actions asks of the session; the same for every session with
+    the same active rules (actions set these from their specs only), so it is computed
+    once per rule set and combination (`RuleSet.session_cache`)."""
+
+    held_commands: frozenset[str]
+    head_commands: frozenset[str]
+    response_kinds: frozenset[str]
+    observed_kinds: frozenset[str]
+    watches_untagged: bool
+    watches_tagged: bool
+    maps_tags: bool
+
+    @classmethod
+    def of(cls, active: list[Action]) -> _HookSets:
+        response_kinds = frozenset(kind for a in active for kind in a.responses)
+        observed_kinds = frozenset(kind for a in active for kind in a.observes)
+        return cls(
+            held_commands=frozenset(name for a in active for name in a.commands),
+            head_commands=frozenset(name for a in active for name in a.head_commands),
+            response_kinds=response_kinds,
+            observed_kinds=observed_kinds,
+            # Untagged lines (every FETCH response) are looked at only when an action cares.
+            watches_untagged=bool(response_kinds)
+            or bool(observed_kinds)
+            or any(a.holds_untagged for a in active),
+            watches_tagged=any(a.watches_tagged for a in active),
+            maps_tags=any(a.maps_tags for a in active),
+        )
+
+
 class SessionRules:
     def __init__(self, ruleset: RuleSet, view: SessionView) -> None:
         self.view = view
+        self._cache = ruleset.session_cache
         self._rules: tuple[Rule, ...] = ruleset.enabled
         self._built: dict[str, list[Action]] = {}
         self.active: list[Action] = []
@@ -159,21 +192,25 @@ class SessionRules:
 
     def refresh(self) -> None:
         active: list[Action] = []
+        ids: list[str] = []
         for rule in self._rules:
             if matches(rule.match, self.view):
                 if rule.id not in self._built:  # actions keep per-session state
                     self._built[rule.id] = [build_action(rule.id, spec) for spec in rule.actions]
                 active += self._built[rule.id]
+                ids.append(rule.id)
         self.active = active
-        self.held_commands = frozenset(name for a in active for name in a.commands)
-        self.head_commands = frozenset(name for a in active for name in a.head_commands)
-        self.response_kinds = frozenset(kind for a in active for kind in a.responses)
-        # Untagged lines (every FETCH response) are looked at only when an action cares.
-        self.watches_untagged = bool(self.response_kinds) or any(a.holds_untagged for a in active)
-        self.observed_kinds = frozenset(kind for a in active for kind in a.observes)
-        self.watches_untagged |= bool(self.observed_kinds)
-        self.watches_tagged = any(a.watches_tagged for a in active)
-        self.maps_tags = any(a.maps_tags for a in active)
+        key = tuple(ids)
+        hooks = self._cache.get(key)
+        if hooks is None:
+            hooks = self._cache[key] = _HookSets.of(active)
+        self.held_commands = hooks.held_commands
+        self.head_commands = hooks.head_commands
+        self.response_kinds = hooks.response_kinds
+        self.observed_kinds = hooks.observed_kinds
+        self.watches_untagged = hooks.watches_untagged
+        self.watches_tagged = hooks.watches_tagged
+        self.maps_tags = hooks.maps_tags
 
     def capabilities(self, caps: list[str]) -> tuple[list[str], list[Applied]]:
         applied: list[Applied] = []

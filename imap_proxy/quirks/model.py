@@ -20,7 +20,7 @@ import json
 import re
 import tomllib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -457,6 +457,14 @@ class RuleSet:
 
     rules: tuple[LoadedRule, ...]
     origin: str = ""
+    # Shared by every session of this set (filled by the engine): what a given set of
+    # active rules makes of the hooks, so each session need not work it out again.
+    session_cache: dict[Any, Any] = field(
+        default_factory=dict, compare=False, hash=False, repr=False
+    )
+    _enabled: tuple[Rule, ...] | None = field(
+        default=None, init=False, compare=False, hash=False, repr=False
+    )
 
     @classmethod
     def empty(cls) -> RuleSet:
@@ -464,7 +472,11 @@ class RuleSet:
 
     @property
     def enabled(self) -> tuple[Rule, ...]:
-        return tuple(loaded.rule for loaded in self.rules if loaded.rule.enabled)
+        if self._enabled is None:
+            enabled = tuple(loaded.rule for loaded in self.rules if loaded.rule.enabled)
+            object.__setattr__(self, "_enabled", enabled)
+            return enabled
+        return self._enabled
 
     def get(self, rule_id: str) -> Rule:
         for loaded in self.rules:

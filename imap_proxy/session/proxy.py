@@ -538,7 +538,9 @@ class ProxySession:
             self._untagged(part)
             return
         tag, _, rest = line.partition(b" ")
-        status = rest.split(b" ", 1)[0].rstrip(b"\r\n").upper().decode("ascii", "replace")
+        # Runs of spaces as one, as the parser reads them (`a  OK` is still an OK).
+        status = rest.lstrip(b" ").split(b" ", 1)[0].rstrip(b"\r\n").upper()
+        status_text = status.decode("ascii", "replace")
         if self._tags_back:
             tag, part = self._client_tag_of(tag, part)
         command = self._tracker.get(tag)
@@ -546,9 +548,9 @@ class ProxySession:
             self._relay_line(part)  # not ours to understand: pass it on unchanged
             return
         bridged = self._bridge is not None and command.tag == self._bridge.tag
-        if bridged and self._bridged_idle_ended(status):
+        if bridged and self._bridged_idle_ended(status_text):
             return  # the end of an upstream IDLE the proxy renews
-        self._tagged(command, part, status)
+        self._tagged(command, part, status_text)
 
     def _client_tag_of(self, tag: bytes, part: LinePart) -> tuple[bytes, LinePart]:
         """A tagged response under a tag a rule gave the command upstream: the client's."""

@@ -63,20 +63,32 @@ def _word_at(line: bytes, start: int, end: int) -> tuple[bytes, int]:
     return line[start:stop], stop
 
 
+def _skip_spaces(line: bytes, pos: int, end: int) -> int:
+    while pos < end and line[pos] == 0x20:
+        pos += 1
+    return pos
+
+
 def peek_command(first_line: bytes) -> tuple[bytes, str] | None:
-    """Tag and uppercase command name ("UID FETCH" with its prefix), or None."""
+    """Tag and uppercase command name ("UID FETCH" with its prefix), or None.
+
+    Runs of spaces between the words are taken as one, as `parse_command` takes them: a
+    line the parser would read as a command must never pass as untracked garbage (an
+    upstream that tolerates `a  LOGIN` would otherwise log in unseen by the proxy).
+    """
     end = _content_end(first_line)
     tag, after_tag = _word_at(first_line, 0, end)
     if after_tag >= end or not is_valid_tag(tag):
         return None
-    name, after_name = _word_at(first_line, after_tag + 1, end)
+    name, after_name = _word_at(first_line, _skip_spaces(first_line, after_tag, end), end)
     if not _is_valid_name(name):
         return None
     upper = name.upper()
     if upper == b"UID":
-        if after_name >= end:
+        start = _skip_spaces(first_line, after_name, end)
+        if start >= end:
             return None
-        sub, _ = _word_at(first_line, after_name + 1, end)
+        sub, _ = _word_at(first_line, start, end)
         if not _is_valid_name(sub):
             return None
         upper = b"UID " + sub.upper()
@@ -102,13 +114,13 @@ def parse_command(message: Message, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Co
     tag = lexer.read_word()
     if not is_valid_tag(tag):
         raise lexer.error(f"invalid tag {tag[:40]!r}")
-    _expect_one_space(lexer, "the tag")
+    lexer.expect_space()
     name = lexer.read_word()
     if not _is_valid_name(name):
         raise lexer.error(f"invalid command name {name[:40]!r}")
     upper = name.upper().decode("ascii")
     if upper == "UID":
-        _expect_one_space(lexer, "UID")
+        lexer.expect_space()
         sub = lexer.read_word()
         if not _is_valid_name(sub):
             raise lexer.error(f"invalid UID command {sub[:40]!r}")
@@ -116,13 +128,6 @@ def parse_command(message: Message, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Co
     if not lexer.at_line_end():
         lexer.expect_space()
     return Command(tag, upper, lexer.read_values())
-
-
-def _expect_one_space(lexer: Lexer, after: str) -> None:
-    """Exactly one space, as `peek_command` (which routes the command) reads the line."""
-    lexer.expect_space()
-    if lexer.line[lexer.pos - 2 : lexer.pos] == b"  ":
-        raise lexer.error(f"more than one space after {after}")
 
 
 # Which arguments of a command are mailbox names (indices into Command.args). LIST and

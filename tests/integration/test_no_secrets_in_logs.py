@@ -28,7 +28,12 @@ import pytest
 PASSWORDS_FILE_ENV = "IMAP_PROXY_TEST_PASSWORDS_FILE"
 LOG_FILE_ENV = "IMAP_PROXY_TEST_LOG_FILE"
 ROOT = Path(__file__).resolve().parents[2]
-SUITE = "tests/integration/test_proxy_dovecot.py"
+# The everyday suite, and the attacks and faults (odd LOGINs, cut literals, aborted SASL).
+SUITE = (
+    "tests/integration/test_proxy_dovecot.py",
+    "tests/integration/test_adversarial.py",
+    "tests/integration/test_fault_injection.py",
+)
 CHILD_TIMEOUT = 900  # the whole Dovecot suite runs in the child (about 25 s here)
 
 
@@ -61,15 +66,10 @@ def plain_payloads(user: str, password: str) -> list[str]:
     return [base64.b64encode(form.encode()).decode() for form in forms]
 
 
-@pytest.mark.dovecot
-@pytest.mark.timeout(CHILD_TIMEOUT + 60)
-def test_debug_logs_of_the_dovecot_suite_hold_no_secrets(tmp_path: Path) -> None:
-    log_file = tmp_path / "proxy-debug.jsonl"
+def run_suite_for_secrets(tmp_path: Path, environment: dict[str, str]) -> set[str]:
+    """Run the Dovecot suite in a child pytest with `environment` added (where to log or
+    record); return every password it used and their AUTHENTICATE PLAIN forms."""
     passwords_file = tmp_path / "passwords.tsv"
-    environment = os.environ | {
-        LOG_FILE_ENV: str(log_file),
-        PASSWORDS_FILE_ENV: str(passwords_file),
-    }
     child = subprocess.run(
         [
             sys.executable,
@@ -80,10 +80,10 @@ def test_debug_logs_of_the_dovecot_suite_hold_no_secrets(tmp_path: Path) -> None
             "no:cacheprovider",
             "-p",
             "tests.integration.test_no_secrets_in_logs",
-            SUITE,
+            *SUITE,
         ],
         cwd=ROOT,
-        env=environment,
+        env=os.environ | environment | {PASSWORDS_FILE_ENV: str(passwords_file)},
         capture_output=True,
         text=True,
         timeout=CHILD_TIMEOUT,
@@ -100,6 +100,14 @@ def test_debug_logs_of_the_dovecot_suite_hold_no_secrets(tmp_path: Path) -> None
     secrets = {password for password in users.values() if password}
     secrets.update(p for user, password in users.items() for p in plain_payloads(user, password))
     assert len(users) >= 12, users.keys()  # the default users and the fresh ones at least
+    return secrets
+
+
+@pytest.mark.dovecot
+@pytest.mark.timeout(CHILD_TIMEOUT + 60)
+def test_debug_logs_of_the_dovecot_suite_hold_no_secrets(tmp_path: Path) -> None:
+    log_file = tmp_path / "proxy-debug.jsonl"
+    secrets = run_suite_for_secrets(tmp_path, {LOG_FILE_ENV: str(log_file)})
 
     lines = log_file.read_text(encoding="utf-8").splitlines()
     events: list[dict[str, Any]] = [json.loads(line) for line in lines if line.startswith("{")]

@@ -15,10 +15,7 @@ recording made with the packaged rules: it must give back its recorded client by
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,13 +24,7 @@ from imap_proxy.quirks.model import packaged_rules_dir
 from imap_proxy.quirks.store import load_snapshot
 from imap_proxy.session.replay import replay
 from imap_proxy.wire import transcript
-from tests.integration.test_no_secrets_in_logs import (
-    CHILD_TIMEOUT,
-    PASSWORDS_FILE_ENV,
-    ROOT,
-    SUITE,
-    plain_payloads,
-)
+from tests.integration.test_no_secrets_in_logs import CHILD_TIMEOUT, run_suite_for_secrets
 from tests.support.proxy import TEST_RECORD_DIR_ENV
 
 
@@ -41,41 +32,7 @@ from tests.support.proxy import TEST_RECORD_DIR_ENV
 @pytest.mark.timeout(CHILD_TIMEOUT + 120)
 def test_recordings_of_the_dovecot_suite_hold_no_secrets_and_replay(tmp_path: Path) -> None:
     record_dir = tmp_path / "recordings"
-    passwords_file = tmp_path / "passwords.tsv"
-    environment = os.environ | {
-        TEST_RECORD_DIR_ENV: str(record_dir),
-        PASSWORDS_FILE_ENV: str(passwords_file),
-    }
-    child = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-p",
-            "tests.integration.test_no_secrets_in_logs",
-            SUITE,
-        ],
-        cwd=ROOT,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=CHILD_TIMEOUT,
-        check=False,
-    )
-    output = child.stdout[-4000:] + child.stderr[-4000:]
-    if "skipped" in child.stdout and " passed" not in child.stdout:
-        pytest.skip("the Dovecot suite was skipped in the child:\n" + output)
-    assert child.returncode == 0, output
-
-    users = dict(
-        line.split("\t", 1) for line in passwords_file.read_text().splitlines() if "\t" in line
-    )
-    secrets = {password for password in users.values() if password}
-    secrets.update(p for user, password in users.items() for p in plain_payloads(user, password))
-    assert len(users) >= 12, users.keys()
+    secrets = run_suite_for_secrets(tmp_path, {TEST_RECORD_DIR_ENV: str(record_dir)})
     any_secret = re.compile("|".join(re.escape(secret) for secret in sorted(secrets)))
 
     paths = sorted(record_dir.glob("*.trace"))

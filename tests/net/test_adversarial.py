@@ -231,3 +231,90 @@ async def test_a_client_that_never_reads_its_answers_is_not_read_either() -> Non
         assert taken <= (high_water // answer + 2 * 100) * len(b"a STARTTLS\r\n")
         assert taken < batches * len(batch)
         nursery.cancel_scope.cancel()
+
+
+async def test_the_preauth_timeout_starts_with_the_greeting(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A slow upstream greeting does not eat into the client's time to log in."""
+
+    async def slow_greeting(stream: trio.abc.Stream, script: UpstreamScript) -> None:
+        await trio.sleep(25)
+        upstream = LineClient(stream)
+        await upstream.send(GREETING)
+        await answer_commands(upstream)
+
+    config = ProxyConfig(timeouts=TimeoutsConfig(greeting=30, preauth=10))
+    async with trio.open_nursery() as nursery:
+        connection, client = connect(nursery, slow_greeting, config)
+        assert (await client.read_line()).startswith(b"* OK")
+        greeted_at = trio.current_time()
+        await trio.sleep(8)  # 33 s after connecting, 8 s after the greeting
+        await client.send(b"a NOOP\r\n")
+        assert await client.read_line() == b"a OK done\r\n"
+        assert (await client.read_line()).startswith(b"* BYE Autologout")
+        assert trio.current_time() - greeted_at > 10
+        nursery.cancel_scope.cancel()
+    assert connection.outcome == "timeout"
+
+
+async def test_a_broken_upstream_connection_ends_only_its_own_session() -> None:
+    """Through `serve()` on loopback: one upstream connection per client; the first
+    behaves, each later one breaks in its own way; the first client goes on."""
+    from imap_proxy.net.server import ServerHandle, serve
+    from tests.net.test_server import connect as connect_client
+    from tests.net.test_server import proxy_config, stop
+
+    behaviours = ["normal", "overlong", "cut-mid-literal", "silent", "garbage"]
+
+    async def upstream(stream: trio.SocketStream) -> None:
+        behaviour = behaviours.pop(0)
+        server = LineClient(stream)
+        try:
+            if behaviour == "silent":
+                await trio.sleep_forever()
+            if behaviour == "garbage":
+                await server.send(b"\x00\x01\x02 not IMAP\r\n")
+                await trio.sleep_forever()
+            await server.send(GREETING)
+            line = await server.read_line()
+            if behaviour == "overlong":
+                await server.send(b"* " + b"y" * 5000)
+                await trio.sleep_forever()
+            if behaviour == "cut-mid-literal":
+                await server.send(b"* 1 FETCH (BODY[] {100}\r\nabc")
+                await stream.aclose()
+                return
+            while line:
+                await server.send(line.split(b" ")[0] + b" OK done\r\n")
+                line = await server.read_line()
+        except trio.BrokenResourceError:
+            pass
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, upstream, 0)
+        port = listeners[0].socket.getsockname()[1]
+        config = proxy_config(
+            port,
+            limits=LimitsConfig(upstream_max_line=1024),
+            timeouts=TimeoutsConfig(greeting=0.5),
+        )
+        handle: ServerHandle = await nursery.start(serve, config)
+        witness = await connect_client(handle)
+        await witness.read_line()
+        expected = [
+            b"* BYE [UNAVAILABLE] Upstream server protocol error\r\n",
+            b"* 1 FETCH (BODY[] {100}\r\nabc",
+            b"* BYE [UNAVAILABLE] Upstream server did not greet in time\r\n",
+            b"* BYE [UNAVAILABLE] Upstream server sent no valid greeting\r\n",
+        ]
+        for number, answer in enumerate(expected):
+            victim = await connect_client(handle)
+            if number < 2:
+                await victim.read_line()  # greeted: then the command breaks it
+                await victim.send(b"v FETCH 1 BODY[]\r\n")
+            assert await victim.read_until_eof() == answer
+            await witness.send(b"w%d NOOP\r\n" % number)
+            assert await witness.read_line() == b"w%d OK done\r\n" % number
+        await witness.stream.aclose()
+        await stop(handle, nursery)

@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from imap_proxy.net.limits import ConnectionLimiter, QueuedWriter
+from imap_proxy.net.limits import INLINE_FLUSH_MAX, ConnectionLimiter, QueuedWriter
 
 
 class CountingStream(trio.abc.SendStream):
@@ -187,7 +187,7 @@ async def test_flush_leaves_bulk_data_and_steps_to_the_writer_task() -> None:
     async def step() -> None:
         ran.append("step")
 
-    writer.send(b"x" * (64 * 1024 + 1), wake=False)
+    writer.send(b"x" * (INLINE_FLUSH_MAX + 1), wake=False)
     await writer.flush()
     assert stream.writes == []  # too large to write inline
     writer.then(step)
@@ -196,7 +196,7 @@ async def test_flush_leaves_bulk_data_and_steps_to_the_writer_task() -> None:
     assert stream.writes == [] and ran == []
     writer.close()
     await writer.run()
-    assert [len(w) for w in stream.writes] == [64 * 1024 + 1, 7] and ran == ["step"]
+    assert [len(w) for w in stream.writes] == [INLINE_FLUSH_MAX + 1, 7] and ran == ["step"]
 
 
 async def test_flush_during_a_write_under_way_defers_and_keeps_order() -> None:

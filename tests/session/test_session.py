@@ -457,3 +457,28 @@ def test_timeout_before_the_greeting_blames_the_upstream() -> None:
         ev.SendToClient(b"* BYE [UNAVAILABLE] Upstream server did not greet in time\r\n"),
         ev.Close("upstream-greeting"),
     ]
+
+
+def test_a_login_with_doubled_spaces_is_still_a_login() -> None:
+    # Regression: `a  LOGIN` was not recognised, so require_tls let it through untracked.
+    session = ProxySession(SessionSettings(require_tls=True))
+    session.receive_from_upstream(b"* OK [CAPABILITY IMAP4rev1] hi\r\n")
+    out = session.receive_from_client(b"a  LOGIN user secret\r\n")
+    assert ev.SendToUpstream(b"a  LOGIN user secret\r\n") not in out
+    assert (
+        ev.SendToClient(
+            b"a NO [PRIVACYREQUIRED] Log in only over TLS: use STARTTLS or the TLS port\r\n"
+        )
+        in out
+    )
+
+
+def test_a_tagged_ok_with_doubled_spaces_still_logs_in() -> None:
+    # Regression: the status word of `a  OK` was read as "", so a sloppy upstream's
+    # successful LOGIN left the session "not authenticated" (pre-auth timeout, no rules).
+    session = greeted()
+    session.receive_from_client(b"a LOGIN u p\r\n")
+    out = session.receive_from_upstream(b"a  OK Logged in\r\n")
+    assert ev.SendToClient(b"a  OK Logged in\r\n") in out
+    assert session.state is ProtocolState.AUTHENTICATED
+    assert ev.CommandCompleted("a", "LOGIN", "OK") in out

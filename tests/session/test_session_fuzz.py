@@ -90,12 +90,12 @@ _events = st.sampled_from([Step(what) for what in ("client-tls", "timed-out", "s
 session_steps = st.lists(st.one_of(_words, _words, _raw, _events), max_size=60)
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.sampled_from(targets.GREETINGS), session_steps, st.booleans())
+@settings(max_examples=1000, deadline=None)
+@given(st.sampled_from(targets.GREETINGS), session_steps, st.booleans(), st.booleans())
 def test_what_a_session_holds_stays_bounded(
-    greeting: bytes, steps: list[Step], require_tls: bool
+    greeting: bytes, steps: list[Step], require_tls: bool, rules: bool
 ) -> None:
-    targets.run_session(greeting, steps, require_tls=require_tls)
+    targets.run_session(greeting, steps, require_tls=require_tls, rules=rules)
 
 
 @pytest.mark.parametrize(
