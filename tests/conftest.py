@@ -35,6 +35,7 @@ DOVECOT_FIXTURES = frozenset(
         "dovecot_legacy_noliteralplus",
         "dovecot_rev2only",
         "dovecot_legacy_nouidplus",
+        "dovecot_legacy_noidle",
     }
 )
 
@@ -94,6 +95,12 @@ def dovecot_rev2only(tls_files: TlsFiles) -> Iterator[DovecotInstance]:
 def dovecot_legacy_nouidplus(tls_files: TlsFiles) -> Iterator[DovecotInstance]:
     """Announces neither MOVE nor UIDPLUS (the MOVE emulation's modes without UIDPLUS)."""
     yield from _running_dovecot("legacy_nouidplus", tls_files)
+
+
+@pytest.fixture(scope="session")
+def dovecot_legacy_noidle(tls_files: TlsFiles) -> Iterator[DovecotInstance]:
+    """Announces no IDLE (the IDLE bridge's polling mode); it still executes NOOP."""
+    yield from _running_dovecot("legacy_noidle", tls_files)
 
 
 @pytest.fixture

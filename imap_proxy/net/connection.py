@@ -28,6 +28,8 @@ the configuration (`session_settings()`), then runs its tasks in one nursery:
   session out (`session.timed_out()`) or, if activity moved the deadline, reschedules.
   While the client idles and a rule wants keepalives (`session.keepalive_interval`), the
   deadline also comes that long after the last byte to the client: `session.keepalive()`.
+  A session that wants to act at a time of its own (an IDLE bridge renewing the upstream's
+  IDLE, or polling) says when (`session.next_tick(now)`); then the timer calls `tick(now)`.
 
 Event handling is synchronous (it only queues), so the tasks never interleave inside it.
 A `Close` event (or a lost side) sets the closing flag: the readers stop, the writers
@@ -592,8 +594,14 @@ class ClientConnection:
             last = max(last, self._writers[_Side.CLIENT].last_write_at)
         return float(last + interval)
 
+    def _tick_deadline(self) -> float:
+        """When the session wants `tick()` (an IDLE bridge's renewal or poll), if ever."""
+        next_tick = getattr(self._session, "next_tick", None)
+        when = None if next_tick is None else next_tick(trio.current_time())
+        return math.inf if when is None else float(when)
+
     def _next_deadline(self) -> float:
-        return min(self._idle_deadline(), self._keepalive_deadline())
+        return min(self._idle_deadline(), self._keepalive_deadline(), self._tick_deadline())
 
     def deadline_reached(self) -> None:
         """Called by `Timers` when the scheduled deadline has come: time out, send a
@@ -608,6 +616,9 @@ class ClientConnection:
                 keepalive = getattr(session, "keepalive", None)
                 if keepalive is not None:
                     self._handle(keepalive())
+            tick = getattr(session, "tick", None)
+            if tick is not None and not self._closing and now >= self._tick_deadline():
+                self._handle(tick(now))
             self._schedule_deadline()
             return
         self._log.info("timed out", kind=session.idle_deadline_kind)

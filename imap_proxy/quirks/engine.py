@@ -254,6 +254,14 @@ class SessionRules:
         """The action that keeps idling clients company, if one is active."""
         return next((a for a in self.active if a.keepalive_interval is not None), None)
 
+    def reidler(self) -> Action | None:
+        """The action that renews the upstream's IDLE for an idling client, if active."""
+        return next((a for a in self.active if a.reidle_after is not None), None)
+
+    def idle_poller(self) -> Action | None:
+        """The action that answers IDLE itself and polls with NOOP, if active."""
+        return next((a for a in self.active if a.poll_interval is not None), None)
+
     def ignores_empty_lines(self) -> Action | None:
         return next((a for a in self.active if a.ignores_empty_lines), None)
 

@@ -346,6 +346,27 @@ class IdleKeepaliveAction(_Strict):
     text: str = Field(default="Still here", min_length=1, pattern=r"^[\x20-\x7e]+$")
 
 
+class ReidleAction(_Strict):
+    """Keep a client's IDLE alive across the upstream's IDLE timeout (RFC 2177: servers
+    may end an IDLE after 30 minutes): after `reidle_after` seconds the proxy ends the
+    upstream's IDLE (DONE) and starts a new one of its own; the client sees only the
+    untagged data that arrives meanwhile."""
+
+    type: Literal["reidle"]
+    reidle_after: float = Field(
+        default=1500, ge=1, le=1740, description="seconds of one upstream IDLE (< 29 minutes)"
+    )
+
+
+class IdlePollAction(_Strict):
+    """IDLE for upstreams without it: advertise IDLE, answer the client's IDLE with `+`
+    locally, send NOOP upstream every `poll_interval` seconds and relay what it brings
+    (EXISTS, EXPUNGE, FETCH, RECENT); DONE gets `OK IDLE terminated`."""
+
+    type: Literal["idle_poll"]
+    poll_interval: float = Field(default=30, ge=1, le=1500, description="seconds")
+
+
 ActionSpec = Annotated[
     CapabilitiesAction
     | AnswerIdAction
@@ -369,12 +390,14 @@ ActionSpec = Annotated[
     | ShedBackgroundLoadAction
     | SendIdUpstreamAction
     | PrefixNumericTagsAction
-    | IdleKeepaliveAction,
+    | IdleKeepaliveAction
+    | ReidleAction
+    | IdlePollAction,
     Field(discriminator="type"),
 ]
 
 
-Upstream = Literal["modern", "legacy", "rev2only"]
+Upstream = Literal["modern", "legacy", "rev2only", "legacy_noidle"]
 
 
 class Evidence(_Strict):

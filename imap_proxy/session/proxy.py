@@ -38,6 +38,14 @@ commands, and runs the rule's script: each `UpstreamCommand` it yields goes upst
 under a proxy tag, and its tagged line and one-line untagged responses go back into the
 script. The script's answer is what the client sees; then reading resumes. If the
 upstream is lost mid-script the client gets `* BYE` and the session ends.
+
+An idling client may be bridged (`_IdleBridge`, rules `reidle` / `idle_poll`): the session
+says when it next wants `tick(now)` (`next_tick(now)`, on the I/O layer's clock; a wait
+starts at the first call after it began), and on the tick it renews the upstream's IDLE
+(DONE, swallow the tagged OK, `<proxy-tag> IDLE`, swallow the `+`; the new IDLE's answer
+maps back to the client's tag) or, for an upstream without IDLE, sends a NOOP whose
+untagged data goes to the client. While a renewal or a NOOP is out, client reading
+pauses, so a DONE that comes meanwhile is read after it, ending the IDLE that runs then.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from imap_proxy.quirks.actions import (
+    Action,
     Emulate,
     EmulationAnswer,
     LocalAnswer,
@@ -102,6 +111,7 @@ class _Await(enum.Enum):
     PROXY_LITERAL = "proxy-literal"  # swallow it; send the next part of our own message
     SASL = "sasl"  # relay it; the client answers with one line
     IDLE = "idle"  # relay it; the client ends IDLE with DONE
+    REIDLE = "reidle"  # swallow it; the proxy's own IDLE goes on with the client's
 
 
 class _Mode(enum.Enum):
@@ -161,6 +171,26 @@ class _Emulation:
     started: bool = False
 
 
+class _BridgeStep(enum.Enum):
+    IDLING = "idling"  # the upstream's IDLE runs (polling: nothing is out)
+    ENDING = "ending"  # our DONE is out; the ended IDLE's tagged OK is awaited
+    STARTING = "starting"  # our own IDLE is out; its `+` is awaited
+    POLLING = "polling"  # our NOOP is out
+    WAITING = "waiting"  # polling: the client's earlier commands run; `+` when they end
+
+
+@dataclass(slots=True)
+class _IdleBridge:
+    """A client IDLE the proxy keeps going: by renewing the upstream's, or by polling."""
+
+    tag: bytes  # the client's IDLE tag
+    action: Action
+    interval: float  # seconds from the start of a wait to the tick
+    polling: bool
+    step: _BridgeStep = _BridgeStep.IDLING
+    since: float | None = None  # when the current wait began, on the I/O layer's clock
+
+
 _Completion = Callable[[bytes, list[bytes]], None]
 _BEFORE_GREETING = frozenset(
     {_Phase.GREETING, _Phase.UPSTREAM_STARTTLS, _Phase.UPSTREAM_TLS, _Phase.PROBING}
@@ -206,6 +236,8 @@ class ProxySession:
         self._up_held: _HeldResponse | None = None  # an untagged response a rule wants whole
         self._emulation: _Emulation | None = None  # client reading pauses while it runs
         self._tags_back: dict[bytes, list[bytes]] = {}  # upstream tag -> client tags (FIFO)
+        self._bridge: _IdleBridge | None = None  # the client's IDLE, kept going by a rule
+        self._stray_done = False  # an IDLE the client did not end was answered: drop its DONE
 
     # ----------------------------------------------------------------- properties
 
@@ -225,6 +257,7 @@ class ProxySession:
             or self._emulation is not None
             or self._learning
             or (self._draining and self._msg is None)
+            or (self._bridge is not None and self._bridge.step is not _BridgeStep.IDLING)
         )
 
     @property
@@ -260,6 +293,38 @@ class ProxySession:
         if action is not None and self.keepalive_interval is not None:
             self._to_client(action.keepalive_line)
             self._out += self.hooks.record([(action.rule_id, action.kind)])
+        return self._take()
+
+    def next_tick(self, now: float) -> float | None:
+        """When (on the caller's clock) the session wants `tick()`: a bridged IDLE's
+        renewal or poll; None when nothing is timed. A wait begins at the first call after
+        it started, so the I/O layer asks after every batch it handles."""
+        bridge = self._bridge
+        if (
+            bridge is None
+            or bridge.step is not _BridgeStep.IDLING
+            or self._phase is not _Phase.RELAYING
+            or self._role is not _Role.IDLE_DONE
+        ):
+            return None
+        if bridge.since is None:
+            bridge.since = now
+        return bridge.since + bridge.interval
+
+    def tick(self, now: float) -> list[ev.Event]:
+        """The timer fired: renew the upstream's IDLE, or poll with NOOP, if it is time."""
+        due = self.next_tick(now)
+        bridge = self._bridge
+        if due is not None and bridge is not None and now >= due:
+            if not bridge.polling:
+                bridge.step = _BridgeStep.ENDING
+                self._to_upstream(b"DONE\r\n")
+                self._out += self.hooks.record([(bridge.action.rule_id, bridge.action.kind)])
+            elif len(self._tracker) == 0:
+                bridge.step = _BridgeStep.POLLING
+                self._inject(b"NOOP", "NOOP", self._polled)
+            else:
+                bridge.since = now  # the client's earlier commands still run: later
         return self._take()
 
     @property
@@ -482,6 +547,9 @@ class ProxySession:
         if command is None:
             self._relay_line(part)  # not ours to understand: pass it on unchanged
             return
+        bridged = self._bridge is not None and command.tag == self._bridge.tag
+        if bridged and self._bridged_idle_ended(status_text):
+            return  # the end of an upstream IDLE the proxy renews
         self._tagged(command, part, status_text)
 
     def _client_tag_of(self, tag: bytes, part: LinePart) -> tuple[bytes, LinePart]:
@@ -513,8 +581,11 @@ class ProxySession:
 
     def _untagged(self, part: LinePart) -> None:
         line = part.raw
-        if self._tracker.has_injected and (
-            self._tracker.client_commands() == 0 or self._injected_claims(line)
+        polling = self._bridge is not None and self._bridge.step is _BridgeStep.POLLING
+        if (
+            self._tracker.has_injected
+            and not polling
+            and (self._tracker.client_commands() == 0 or self._injected_claims(line))
         ):
             injected = self._tracker.injected()
             # Only our own commands are in flight: their untagged data is theirs.
@@ -612,6 +683,12 @@ class ProxySession:
             self._role = _Role.SASL_RESPONSE
         elif awaited is _Await.IDLE:
             self._role = _Role.IDLE_DONE
+            self._bridge_upstream_idle()
+        elif awaited is _Await.REIDLE:
+            if self._bridge is not None:
+                self._bridge.step = _BridgeStep.IDLING
+                self._bridge.since = None
+            return
         self._out.append(ev.SendToClient(line))
 
     def _tagged(self, command: InFlight, part: LinePart, status: str) -> None:
@@ -848,8 +925,15 @@ class ProxySession:
             self._sasl_response(event.raw)
         elif self._role is _Role.IDLE_DONE:
             self._role = _Role.COMMAND
-            self._out.append(ev.SendToUpstream(event.raw))
+            bridge, self._bridge = self._bridge, None
+            if bridge is not None and bridge.polling:
+                self._polled_idle_done(bridge, event)
+            else:
+                self._out.append(ev.SendToUpstream(event.raw))
+        elif self._stray_done and event.literal is None and event.raw.strip().upper() == b"DONE":
+            self._stray_done = False  # ends an IDLE that was answered already
         else:
+            self._stray_done = False
             self._start_command(event)
 
     def _sasl_response(self, line: bytes) -> None:
@@ -888,6 +972,9 @@ class ProxySession:
         if name == "STARTTLS":
             msg.mode = _Mode.DISCARD
             self._starttls(part, tag)
+        elif name == "IDLE" and authenticated and self._idle_poller() is not None:
+            msg.mode = _Mode.DISCARD
+            self._polled_idle(tag, part)
         elif name in AUTH_COMMANDS and self.settings.require_tls and not self._client_tls:
             msg.mode = _Mode.DISCARD
             self._answer(tag, name, _PRIVACY_REQUIRED)
@@ -1113,6 +1200,7 @@ class ProxySession:
 
     def _start_emulation_when_quiet(self) -> None:
         """Run the pending emulation once nothing else is in flight upstream."""
+        self._polled_idle_when_quiet()
         emulation = self._emulation
         if emulation is None or emulation.started or len(self._tracker) > 0:
             return
@@ -1281,6 +1369,78 @@ class ProxySession:
         self._to_upstream(part)
         if self._proxy_parts:
             self._await = _Await.PROXY_LITERAL
+
+    # ------------------------------------------------------------ IDLE bridge
+
+    def _idle_poller(self) -> Action | None:
+        """The rule that answers IDLE itself, when the upstream has no IDLE of its own."""
+        if has_capability(self.upstream_capabilities, "IDLE"):
+            return None
+        return self.hooks.rules.idle_poller()
+
+    def _bridge_upstream_idle(self) -> None:
+        """The upstream accepted the client's IDLE: a rule may keep it going."""
+        action = self.hooks.rules.reidler()
+        if action is not None and action.reidle_after is not None and self._await_tag:
+            self._bridge = _IdleBridge(self._await_tag, action, action.reidle_after, False)
+
+    def _bridged_idle_ended(self, status: str) -> bool:
+        """A tagged answer to the IDLE the client is in (and has not ended: its DONE ends
+        the bridge). After our DONE, an OK is ours: swallowed, and our own IDLE continues
+        the client's (True). Anything else (the renewal refused, the upstream ending the
+        IDLE itself) ends the client's IDLE, and the DONE the client will send is dropped."""
+        bridge = self._bridge
+        assert bridge is not None
+        if bridge.step is _BridgeStep.ENDING and status == "OK":
+            upstream_tag = self._tracker.new_proxy_tag()
+            self._tags_back.setdefault(upstream_tag, []).append(bridge.tag)
+            bridge.step = _BridgeStep.STARTING
+            self._expect_continuation(bridge.tag, _Await.REIDLE)
+            self._to_upstream(upstream_tag + b" IDLE\r\n")
+            return True
+        self._stray_done = True  # the client has not ended this IDLE: its DONE will come
+        self._bridge = None
+        return False
+
+    def _polled_idle(self, tag: bytes, part: LinePart) -> None:
+        """The client's IDLE, for an upstream without IDLE: `+` from the proxy."""
+        action = self._idle_poller()
+        assert action is not None and action.poll_interval is not None
+        if part.literal is not None or part.raw.split(None, 1)[1].strip().upper() != b"IDLE":
+            self._answer(tag, "IDLE", b"BAD IDLE takes no arguments")
+            return
+        self._bridge = _IdleBridge(tag, action, action.poll_interval, True, _BridgeStep.WAITING)
+        self._role = _Role.IDLE_DONE
+        self._out += self.hooks.record([(action.rule_id, action.kind)])
+        self._polled_idle_when_quiet()
+
+    def _polled_idle_when_quiet(self) -> None:
+        """`+` for a polled IDLE once the client's earlier commands have their answers."""
+        bridge = self._bridge
+        if bridge is not None and bridge.step is _BridgeStep.WAITING and len(self._tracker) == 0:
+            bridge.step = _BridgeStep.IDLING
+            self._to_client(b"+ idling\r\n")
+
+    def _polled(self, _line: bytes, untagged: list[bytes]) -> None:
+        """Our NOOP ended; its untagged data has gone to the client already (or is here)."""
+        if untagged:
+            self._to_client(b"".join(untagged))
+        bridge = self._bridge
+        if bridge is not None and bridge.step is _BridgeStep.POLLING:
+            bridge.step = _BridgeStep.IDLING
+            bridge.since = None
+
+    def _polled_idle_done(self, bridge: _IdleBridge, part: LinePart) -> None:
+        """The client ends a polled IDLE (no NOOP is out: reading waits for it)."""
+        if part.literal is None and part.raw.strip().upper() == b"DONE":
+            self._answer(bridge.tag, "IDLE", b"OK IDLE terminated")
+        else:
+            if part.literal is not None and part.literal.synchronizing:
+                self._client.cancel_literal()
+            elif part.literal is not None:
+                self._msg = _ClientMessage(b"", "OTHER", _Mode.DISCARD)
+            self._answer(bridge.tag, "IDLE", b"BAD Expected DONE")
+        self._drain_if_quiet()
 
 
 def _size(part: LinePart) -> int:

@@ -22,7 +22,9 @@ Profiles: `modern` (STARTTLS + implicit TLS, SPECIAL-USE Trash/Sent/Drafts/Junk)
 `legacy_noliteralplus` (the same with LEGACY_NOLITERALPLUS_CAPABILITY), `rev2only` (the
 same announcing REV2ONLY_CAPABILITY: IMAP4rev2 without the IMAP4rev1 token),
 `legacy_nouidplus` (the same with LEGACY_NOUIDPLUS_CAPABILITY: neither MOVE nor UIDPLUS;
-Dovecot still executes UID EXPUNGE and still sends COPYUID, it only does not say so).
+Dovecot still executes UID EXPUNGE and still sends COPYUID, it only does not say so),
+`legacy_noidle` (the same with LEGACY_NOIDLE_CAPABILITY: no IDLE, for the IDLE bridge's
+polling mode).
 """
 
 from __future__ import annotations
@@ -65,16 +67,25 @@ HOST = "127.0.0.1"
 ROOT_PREFIX = "imap-proxy-dovecot-"
 ADDRESS_IN_USE = "Address already in use"
 
-PROFILES = ("modern", "legacy", "legacy_noliteralplus", "rev2only", "legacy_nouidplus")
+PROFILES = (
+    "modern",
+    "legacy",
+    "legacy_noliteralplus",
+    "rev2only",
+    "legacy_nouidplus",
+    "legacy_noidle",
+)
 REV2ONLY_CAPABILITY = "IMAP4rev2 IDLE LITERAL+ UIDPLUS"  # a server that dropped the rev1 token
 LEGACY_CAPABILITY = "IMAP4rev1 LITERAL+ IDLE NAMESPACE UIDPLUS"
 LEGACY_NOLITERALPLUS_CAPABILITY = "IMAP4rev1 IDLE NAMESPACE"
 LEGACY_NOUIDPLUS_CAPABILITY = "IMAP4rev1 LITERAL+ IDLE NAMESPACE"  # neither MOVE nor UIDPLUS
+LEGACY_NOIDLE_CAPABILITY = "IMAP4rev1 LITERAL+ NAMESPACE UIDPLUS"  # still executes NOOP
 _CAPABILITY_BY_PROFILE = {
     "legacy": LEGACY_CAPABILITY,
     "legacy_noliteralplus": LEGACY_NOLITERALPLUS_CAPABILITY,
     "rev2only": REV2ONLY_CAPABILITY,
     "legacy_nouidplus": LEGACY_NOUIDPLUS_CAPABILITY,
+    "legacy_noidle": LEGACY_NOIDLE_CAPABILITY,
 }
 
 DEFAULT_USERS: dict[str, str] = {

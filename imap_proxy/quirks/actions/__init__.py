@@ -25,7 +25,7 @@ from imap_proxy.quirks.actions.base import (
 from imap_proxy.quirks.actions.capabilities import AnswerId, ShapeCapabilities
 from imap_proxy.quirks.actions.clients import ShedBackgroundLoad
 from imap_proxy.quirks.actions.folders import MapSpecialFolders, SynthesizeSpecialUse, Xlist
-from imap_proxy.quirks.actions.idle import IdleKeepalive
+from imap_proxy.quirks.actions.idle import IdleKeepalive, IdlePoll, Reidle
 from imap_proxy.quirks.actions.mailboxes import (
     LsubNoselect,
     LsubSpecialUse,
@@ -54,6 +54,7 @@ from imap_proxy.quirks.model import (
     EmulateUnselectAction,
     HoldUntaggedAction,
     IdleKeepaliveAction,
+    IdlePollAction,
     IgnoreEmptyLinesAction,
     LsubNoselectAction,
     LsubSpecialUseAction,
@@ -61,6 +62,7 @@ from imap_proxy.quirks.model import (
     MoveEmulationAction,
     NormalizeBodyStructureAction,
     PrefixNumericTagsAction,
+    ReidleAction,
     SendIdUpstreamAction,
     ShedBackgroundLoadAction,
     StripTrailingSeparatorAction,
@@ -134,4 +136,8 @@ def build_action(rule_id: str, spec: ActionSpec) -> Action:
             return PrefixNumericTags(rule_id, spec)
         case IdleKeepaliveAction():
             return IdleKeepalive(rule_id, spec)
+        case ReidleAction():
+            return Reidle(rule_id, spec)
+        case IdlePollAction():
+            return IdlePoll(rule_id, spec)
     raise TypeError(f"no implementation for action {spec!r}")  # pragma: no cover

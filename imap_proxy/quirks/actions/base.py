@@ -155,6 +155,8 @@ class Action:
     maps_tags: ClassVar[bool] = False  # overrides upstream_tag()
     keepalive_interval: float | None = None  # seconds of silence in IDLE before a keepalive
     keepalive_line: bytes = b""
+    reidle_after: float | None = None  # seconds of one upstream IDLE before a fresh one
+    poll_interval: float | None = None  # seconds between NOOPs for a client in IDLE
 
     def __init__(self, rule_id: str) -> None:
         self.rule_id = rule_id
