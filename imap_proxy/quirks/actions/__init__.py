@@ -24,6 +24,7 @@ from imap_proxy.quirks.actions.base import (
 )
 from imap_proxy.quirks.actions.capabilities import AnswerId, ShapeCapabilities
 from imap_proxy.quirks.actions.clients import ShedBackgroundLoad
+from imap_proxy.quirks.actions.deletes import DeleteToTrash, ScopeExpunge
 from imap_proxy.quirks.actions.folders import MapSpecialFolders, SynthesizeSpecialUse, Xlist
 from imap_proxy.quirks.actions.idle import IdleKeepalive
 from imap_proxy.quirks.actions.mailboxes import (
@@ -49,6 +50,7 @@ from imap_proxy.quirks.model import (
     AnswerIdAction,
     AnswerNamespaceAction,
     CapabilitiesAction,
+    DeleteToTrashAction,
     DropFetchModifierAction,
     EmptyPartialFetchAction,
     EmulateUnselectAction,
@@ -61,6 +63,7 @@ from imap_proxy.quirks.model import (
     MoveEmulationAction,
     NormalizeBodyStructureAction,
     PrefixNumericTagsAction,
+    ScopeExpungeAction,
     SendIdUpstreamAction,
     ShedBackgroundLoadAction,
     StripTrailingSeparatorAction,
@@ -134,4 +137,8 @@ def build_action(rule_id: str, spec: ActionSpec) -> Action:
             return PrefixNumericTags(rule_id, spec)
         case IdleKeepaliveAction():
             return IdleKeepalive(rule_id, spec)
+        case DeleteToTrashAction():
+            return DeleteToTrash(rule_id, spec)
+        case ScopeExpungeAction():
+            return ScopeExpunge(rule_id, spec)
     raise TypeError(f"no implementation for action {spec!r}")  # pragma: no cover
