@@ -305,7 +305,7 @@ class ScopeExpunge(Action):
         if not uids:
             return LocalAnswer(b"", b"OK EXPUNGE completed (no message this session deleted)")
         self._set_mine(UidSet(()))
-        return Emulate(_expunge_script(uids), self.rule_id, "scope_expunge")
+        return Emulate(_expunge_script(self, uids), self.rule_id, "scope_expunge")
 
     def _store(self, command: Command) -> Emulate | None:
         parts = _store_parts(command)
@@ -409,12 +409,13 @@ def _relayed(result: StepResult) -> bytes:
     return b"NO " + (result.text or b"Failed")
 
 
-def _expunge_script(uids: UidSet) -> Script:
+def _expunge_script(action: ScopeExpunge, uids: UidSet) -> Script:
     expunge = yield UpstreamCommand("UID EXPUNGE", (Atom(bytes(uids)),))
-    text = b"OK EXPUNGE completed" if expunge.status == "OK" else _relayed(expunge)
-    return EmulationAnswer(
-        b"".join(expunge.untagged), text, "ok" if expunge.status == "OK" else "failed"
-    )
+    untagged = b"".join(expunge.untagged)
+    if expunge.status != "OK":
+        action._note(uids, adds=True)  # still this session's, for its next EXPUNGE
+        return EmulationAnswer(untagged, _relayed(expunge), "failed")
+    return EmulationAnswer(untagged, b"OK EXPUNGE completed", "ok")
 
 
 def _close_script(uids: UidSet, examine: bytes | None) -> Script:
