@@ -281,7 +281,7 @@ def expunge_sent(action: ScopeExpunge, seen: SessionView, reply: list[bytes]) ->
         outcome.script, scripted({b"UID EXPUNGE": (b"t OK Expunge completed.\r\n", reply)})
     )
     assert answer.untagged == b"".join(reply)
-    assert answer.status_text == b"OK EXPUNGE completed"
+    assert answer.status_text == b"OK Expunge completed."
     return tuple(sent)
 
 
@@ -418,3 +418,21 @@ def test_uid_set_arithmetic_stays_in_ranges() -> None:
     assert bytes(_union(cut, UidSet.of([5]))) == b"1:6,9:4294967295"
     assert bytes(_minus(UidSet.of([1, 2]), UidSet.of([3]))) == b"1:2"
     assert not _minus(UidSet.of([3]), UidSet.of([1, 2, 3, 4]))
+
+
+def test_a_read_only_mailbox_is_left_to_the_upstream() -> None:
+    action, seen = scoper()
+    action.on_command(cmd(b"a UID STORE 4 +FLAGS (\\Deleted)"), seen)
+    action.on_command(cmd(b"e EXAMINE INBOX"), seen)
+    assert action.on_command(cmd(b"x EXPUNGE"), seen) is None
+    assert action.on_command(cmd(b"c CLOSE"), seen) is None
+
+
+def test_the_tagged_ok_of_uid_expunge_is_relayed_with_its_code() -> None:
+    action, seen = scoper()
+    action.on_command(cmd(b"a UID STORE 4 +FLAGS (\\Deleted)"), seen)
+    outcome = action.on_command(cmd(b"x EXPUNGE"), seen)
+    assert isinstance(outcome, Emulate)
+    upstream = scripted({b"UID EXPUNGE": (b"t OK [HIGHESTMODSEQ 9] Expunged.\r\n", [])})
+    _sent, answer = run(outcome.script, upstream)
+    assert answer == EmulationAnswer(b"", b"OK [HIGHESTMODSEQ 9] Expunged.", "ok")

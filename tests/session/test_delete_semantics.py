@@ -45,7 +45,7 @@ def test_expunge_goes_upstream_as_uid_expunge_of_this_sessions_deletions() -> No
     out = session.receive_from_client(b"e EXPUNGE\r\n")
     assert _up(out) == b"ipx1 UID EXPUNGE 11\r\n"
     out = session.receive_from_upstream(b"* 2 EXPUNGE\r\nipx1 OK Expunge completed\r\n")
-    assert _client(out) == b"* 2 EXPUNGE\r\ne OK EXPUNGE completed\r\n"
+    assert _client(out) == b"* 2 EXPUNGE\r\ne OK Expunge completed\r\n"
     assert ev.EmulationFinished("scope-expunge-to-session", "scope_expunge", "ok") in out
 
 

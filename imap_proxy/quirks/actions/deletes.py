@@ -26,7 +26,11 @@ How this works:
   `UNSELECT`, or, upstream without UNSELECT, an `EXAMINE` of a mailbox that cannot exist
   (a failed EXAMINE leaves nothing selected, RFC 3501 §6.3.2); the client gets CLOSE OK.
   A `UID STORE` with `*` counts up to the largest UID learnt; UIDs never learnt are never
-  expunged: in doubt a message stays.
+  expunged: in doubt a message stays. In a mailbox opened with EXAMINE both commands go
+  upstream unchanged. Known limits: UIDs count from the STORE command (a STORE the
+  upstream refused still counts: the session meant to delete them), and a STORE that
+  `DeleteToTrash` answered (its plain-flag fallback) is not counted, so such a message
+  stays flagged rather than expunged.
 """
 
 from __future__ import annotations
@@ -258,6 +262,7 @@ class ScopeExpunge(Action):
         super().__init__(rule_id)
         self.unselect_mailbox = spec.unselect_mailbox.encode()
         self.mailbox = MailboxState()
+        self.read_only = False
         self.deleted: dict[bytes, UidSet] = {}  # mailbox -> UIDs this session flagged
 
     @property
@@ -281,12 +286,13 @@ class ScopeExpunge(Action):
         name = command.name
         if name in ("SELECT", "EXAMINE"):
             self.mailbox.select(mailbox_bytes(command.args[0]) if command.args else None)
+            self.read_only = name == "EXAMINE"
             return None
         if name == "UNSELECT":
             self.mailbox.select(None)
             return None
-        if not view.authenticated or not view.has_upstream("UIDPLUS"):
-            return None
+        if not view.authenticated or not view.has_upstream("UIDPLUS") or self.read_only:
+            return None  # read-only: EXPUNGE is refused and CLOSE expunges nothing upstream
         if name == "EXPUNGE" and not command.args and self.mailbox.selected is not None:
             return self._expunge()
         if name == "CLOSE" and not command.args and self.mailbox.selected is not None:
@@ -400,7 +406,8 @@ def _learn_then_store(action: ScopeExpunge, command: Command, adds: bool) -> Scr
     store = yield UpstreamCommand(command.name, command.args)
     if store.status == "OK":
         action._note(found, adds=adds)
-    return EmulationAnswer(passed + b"".join(store.untagged), _relayed(store), "ok")
+    outcome = "ok" if store.status == "OK" else "failed"
+    return EmulationAnswer(passed + b"".join(store.untagged), _relayed(store), outcome)
 
 
 def _relayed(result: StepResult) -> bytes:
@@ -415,7 +422,8 @@ def _expunge_script(action: ScopeExpunge, uids: UidSet) -> Script:
     if expunge.status != "OK":
         action._note(uids, adds=True)  # still this session's, for its next EXPUNGE
         return EmulationAnswer(untagged, _relayed(expunge), "failed")
-    return EmulationAnswer(untagged, b"OK EXPUNGE completed", "ok")
+    # The upstream's text: with CONDSTORE it carries the new [HIGHESTMODSEQ].
+    return EmulationAnswer(untagged, _relayed(expunge), "ok")
 
 
 def _close_script(uids: UidSet, examine: bytes | None) -> Script:
