@@ -436,3 +436,12 @@ def test_the_tagged_ok_of_uid_expunge_is_relayed_with_its_code() -> None:
     upstream = scripted({b"UID EXPUNGE": (b"t OK [HIGHESTMODSEQ 9] Expunged.\r\n", [])})
     _sent, answer = run(outcome.script, upstream)
     assert answer == EmulationAnswer(b"", b"OK [HIGHESTMODSEQ 9] Expunged.", "ok")
+
+
+def test_a_refused_store_takes_back_only_the_uids_it_added() -> None:
+    action, seen = scoper()
+    action.on_command(cmd(b"a UID STORE 4 +FLAGS (\\Deleted)"), seen)
+    assert action.on_tagged(b"a", "UID STORE", b"a OK Stored\r\n", seen, None) is None
+    action.on_command(cmd(b"b UID STORE 4:6 +FLAGS (\\Deleted)"), seen)
+    assert action.on_tagged(b"b", "UID STORE", b"b NO [CANNOT] No\r\n", seen, None) is None
+    assert expunge_sent(action, seen, []) == (b"t UID EXPUNGE 4\r\n",)

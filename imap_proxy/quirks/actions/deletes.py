@@ -26,11 +26,12 @@ How this works:
   `UNSELECT`, or, upstream without UNSELECT, an `EXAMINE` of a mailbox that cannot exist
   (a failed EXAMINE leaves nothing selected, RFC 3501 §6.3.2); the client gets CLOSE OK.
   A `UID STORE` with `*` counts up to the largest UID learnt; UIDs never learnt are never
-  expunged: in doubt a message stays. In a mailbox opened with EXAMINE both commands go
-  upstream unchanged. Known limits: UIDs count from the STORE command (a STORE the
-  upstream refused still counts: the session meant to delete them), and a STORE that
-  `DeleteToTrash` answered (its plain-flag fallback) is not counted, so such a message
-  stays flagged rather than expunged.
+  expunged: in doubt a message stays. UIDs count from the STORE command (an EXPUNGE
+  pipelined behind it includes them); a STORE the upstream refuses takes back the UIDs it
+  added (when its completion reaches this action: the stub-FETCH rule may decide it
+  first). In a mailbox opened with EXAMINE both commands go upstream unchanged. Known
+  limit: a STORE that `DeleteToTrash` answered (its plain-flag fallback) is not counted,
+  so such a message stays flagged rather than expunged.
 """
 
 from __future__ import annotations
@@ -257,6 +258,7 @@ class ScopeExpunge(Action):
         {"SELECT", "EXAMINE", "CLOSE", "UNSELECT", "STORE", "UID STORE", "EXPUNGE"}
     )
     observes = frozenset({"FETCH", "EXISTS", "EXPUNGE", "VANISHED"})
+    watches_tagged = True  # a STORE the upstream refused flagged nothing
 
     def __init__(self, rule_id: str, spec: ScopeExpungeAction) -> None:
         super().__init__(rule_id)
@@ -264,6 +266,8 @@ class ScopeExpunge(Action):
         self.mailbox = MailboxState()
         self.read_only = False
         self.deleted: dict[bytes, UidSet] = {}  # mailbox -> UIDs this session flagged
+        # STOREs in flight: tag -> (mailbox, the UIDs they added), taken back on NO/BAD
+        self._in_flight: dict[bytes, tuple[bytes, UidSet]] = {}
 
     @property
     def mine(self) -> UidSet:
@@ -323,18 +327,35 @@ class ScopeExpunge(Action):
             return None  # \Deleted is neither set nor taken off
         adds = _DELETED in flags and sign != b"-"
         if command.uid:
-            self._note(self._uids_of(sequence), adds=adds)
+            self._note(self._uids_of(sequence), adds=adds, tag=command.tag)
             return None
         uids, unknown = self._numbers_to_uids(sequence)
         if unknown and adds:
             return Emulate(_learn_then_store(self, command, adds), self.rule_id, "scope_store")
-        self._note(uids, adds=adds)
+        self._note(uids, adds=adds, tag=command.tag)
         return None
 
-    def _note(self, uids: UidSet | None, *, adds: bool) -> None:
+    def _note(self, uids: UidSet | None, *, adds: bool, tag: bytes | None = None) -> None:
         if uids is None:
             return
-        self._set_mine(_union(self.mine, uids) if adds else _minus(self.mine, uids))
+        before = self.mine
+        self._set_mine(_union(before, uids) if adds else _minus(before, uids))
+        selected = self.mailbox.selected
+        if adds and tag is not None and selected is not None:
+            if len(self._in_flight) >= _MAX_MAILBOXES:  # the oldest is stale
+                del self._in_flight[next(iter(self._in_flight))]
+            self._in_flight[tag] = (selected, _minus(uids, before))
+
+    def on_tagged(
+        self, tag: bytes, name: str, line: bytes, view: SessionView, lookup: list[bytes] | None
+    ) -> TaggedOutcome | None:
+        added = self._in_flight.pop(tag, None)
+        status = line[len(tag) + 1 :].split(b" ", 1)[0].upper()
+        if added is not None and status in (b"NO", b"BAD"):
+            mailbox, uids = added
+            if mailbox in self.deleted:
+                self.deleted[mailbox] = _minus(self.deleted[mailbox], uids)
+        return None
 
     def _largest_uid(self) -> int:
         return max((self.mailbox.uid(n) or 0 for n in range(1, self.mailbox.exists + 1)), default=0)
