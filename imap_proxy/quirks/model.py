@@ -367,6 +367,43 @@ class IdlePollAction(_Strict):
     poll_interval: float = Field(default=30, ge=1, le=1500, description="seconds")
 
 
+class DeleteToTrashAction(_Strict):
+    """A `STORE`/`UID STORE +FLAGS (\\Deleted)` on messages outside the trash becomes a
+    move to the trash (the upstream's MOVE, or the MOVE emulation with UIDPLUS): the client
+    sees the messages expunged and the STORE OK. A failed move falls back to the plain
+    STORE. A COPY of the same set just before (`client_moves: keep-flag`) is the client's
+    own move (COPY + \\Deleted): its \\Deleted stays a plain flag."""
+
+    type: Literal["delete_to_trash"]
+    trash_folder: str | None = Field(
+        default=None,
+        min_length=1,
+        description="the upstream's trash when no LIST shows a \\Trash mailbox "
+        "(None: such sessions keep plain \\Deleted)",
+    )
+    client_moves: Literal["keep-flag", "to-trash"] = Field(
+        default="keep-flag",
+        description="a STORE \\Deleted of the very set the previous command copied: "
+        "keep-flag (the client is moving: the messages are already in the target) or "
+        "to-trash (treat it like any delete)",
+    )
+
+
+class ScopeExpungeAction(_Strict):
+    """EXPUNGE and CLOSE remove only the messages this session flagged \\Deleted (by UID,
+    from its own STORE/UID STORE), never another device's: sent upstream as `UID EXPUNGE`;
+    CLOSE as `UID EXPUNGE` then UNSELECT (or an EXAMINE of `unselect_mailbox` where the
+    upstream lacks UNSELECT). Needs UIDPLUS upstream."""
+
+    type: Literal["scope_expunge"]
+    unselect_mailbox: str = Field(
+        default="imap-proxy/no such mailbox/unselect",
+        min_length=1,
+        pattern=r"^[\x20-\x7e]+$",
+        description="for CLOSE without UNSELECT upstream: a name no user has",
+    )
+
+
 ActionSpec = Annotated[
     CapabilitiesAction
     | AnswerIdAction
@@ -392,12 +429,14 @@ ActionSpec = Annotated[
     | PrefixNumericTagsAction
     | IdleKeepaliveAction
     | ReidleAction
-    | IdlePollAction,
+    | IdlePollAction
+    | DeleteToTrashAction
+    | ScopeExpungeAction,
     Field(discriminator="type"),
 ]
 
 
-Upstream = Literal["modern", "legacy", "rev2only", "legacy_noidle"]
+Upstream = Literal["modern", "legacy", "rev2only", "legacy_noidle", "legacy_nouidplus"]
 
 
 class Evidence(_Strict):

@@ -1237,6 +1237,14 @@ class ProxySession:
         emulation = self._emulation
         assert emulation is not None
         self._emulation = None
+        if self.hooks.rules.watches_untagged:
+            # What the emulation shows the client (EXPUNGEs, UIDs) is what rules follow too.
+            for line in answer.untagged.splitlines(keepends=True):
+                kind = untagged_kind(line)
+                if self.hooks.observes(kind):
+                    self.hooks.observe_untagged(kind, line, False, self._tracker.client_names)
+        status = answer.status_text.split(b" ", 1)[0].decode("ascii", "replace").upper()
+        self.state = next_state(self.state, emulation.name, status)  # CLOSE leaves SELECTED
         released = b""
         for line in answer.untagged.splitlines(keepends=True):
             # A held EXISTS goes before an EXPUNGE: the client must know every number.

@@ -12,7 +12,9 @@ a line, in the transcript format of `transcript.py` restricted to what a client 
                                      `stale-subscription NAME` (NAME.Child exists,
                                      NAME is subscribed but only a \\Noselect parent),
                                      `expunge-elsewhere SET` (a second session selects
-                                     INBOX and expunges those message numbers)
+                                     INBOX and expunges those message numbers),
+                                     `append-deleted MAILBOX` (a message another device
+                                     flagged \\Deleted)
     W: 10 * OK Still here            wait up to 10 s for a line holding that text (what
                                      came by then is kept, whether it came or not)
     C: DONE                          ends the IDLE before it; waits for the IDLE's answer
@@ -74,6 +76,8 @@ def _setup(step: str, upstream: DovecotInstance, user: MailUser) -> None:
     verb, _, argument = step.partition(" ")
     if verb == "append":
         upstream.append(user.name, b"Subject: trace\r\n\r\narrived\r\n", argument)
+    elif verb == "append-deleted":  # another device's deletion, not yet expunged
+        upstream.append(user.name, b"Subject: trace\r\n\r\nelsewhere\r\n", argument, "\\Deleted")
     elif verb in ("subscribe", "stale-subscription"):
         direct = upstream.imap(user.name)
         try:

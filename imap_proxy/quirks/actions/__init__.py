@@ -24,6 +24,7 @@ from imap_proxy.quirks.actions.base import (
 )
 from imap_proxy.quirks.actions.capabilities import AnswerId, ShapeCapabilities
 from imap_proxy.quirks.actions.clients import ShedBackgroundLoad
+from imap_proxy.quirks.actions.deletes import DeleteToTrash, ScopeExpunge
 from imap_proxy.quirks.actions.folders import MapSpecialFolders, SynthesizeSpecialUse, Xlist
 from imap_proxy.quirks.actions.idle import IdleKeepalive, IdlePoll, Reidle
 from imap_proxy.quirks.actions.mailboxes import (
@@ -49,6 +50,7 @@ from imap_proxy.quirks.model import (
     AnswerIdAction,
     AnswerNamespaceAction,
     CapabilitiesAction,
+    DeleteToTrashAction,
     DropFetchModifierAction,
     EmptyPartialFetchAction,
     EmulateUnselectAction,
@@ -63,6 +65,7 @@ from imap_proxy.quirks.model import (
     NormalizeBodyStructureAction,
     PrefixNumericTagsAction,
     ReidleAction,
+    ScopeExpungeAction,
     SendIdUpstreamAction,
     ShedBackgroundLoadAction,
     StripTrailingSeparatorAction,
@@ -140,4 +143,8 @@ def build_action(rule_id: str, spec: ActionSpec) -> Action:
             return Reidle(rule_id, spec)
         case IdlePollAction():
             return IdlePoll(rule_id, spec)
+        case DeleteToTrashAction():
+            return DeleteToTrash(rule_id, spec)
+        case ScopeExpungeAction():
+            return ScopeExpunge(rule_id, spec)
     raise TypeError(f"no implementation for action {spec!r}")  # pragma: no cover
