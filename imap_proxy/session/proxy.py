@@ -1147,6 +1147,12 @@ class ProxySession:
         emulation = self._emulation
         assert emulation is not None
         self._emulation = None
+        if emulation.emulate.replies:
+            untagged, applied = self.hooks.rewrite_replies(
+                answer.untagged, emulation.tag, emulation.name
+            )
+            self._out += applied
+            answer = replace(answer, untagged=untagged)
         released = b""
         for line in answer.untagged.splitlines(keepends=True):
             # A held EXISTS goes before an EXPUNGE: the client must know every number.

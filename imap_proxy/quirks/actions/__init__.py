@@ -26,6 +26,7 @@ from imap_proxy.quirks.actions.capabilities import AnswerId, ShapeCapabilities
 from imap_proxy.quirks.actions.clients import ShedBackgroundLoad
 from imap_proxy.quirks.actions.folders import MapSpecialFolders, SynthesizeSpecialUse, Xlist
 from imap_proxy.quirks.actions.idle import IdleKeepalive
+from imap_proxy.quirks.actions.liststatus import EmulateListStatus
 from imap_proxy.quirks.actions.mailboxes import (
     LsubNoselect,
     LsubSpecialUse,
@@ -43,6 +44,7 @@ from imap_proxy.quirks.actions.servergaps import AnswerEnable, AnswerNamespace, 
 from imap_proxy.quirks.actions.stubfetch import StubFetch
 from imap_proxy.quirks.actions.untagged import HoldUntagged
 from imap_proxy.quirks.actions.upstream import PrefixNumericTags, SendIdUpstream
+from imap_proxy.quirks.actions.utf8 import Utf8Accept
 from imap_proxy.quirks.model import (
     ActionSpec,
     AnswerEnableAction,
@@ -55,6 +57,7 @@ from imap_proxy.quirks.model import (
     HoldUntaggedAction,
     IdleKeepaliveAction,
     IgnoreEmptyLinesAction,
+    ListStatusAction,
     LsubNoselectAction,
     LsubSpecialUseAction,
     MapSpecialFoldersAction,
@@ -67,6 +70,7 @@ from imap_proxy.quirks.model import (
     StubFetchAction,
     SynthesizeSpecialUseAction,
     UntaggedStatusTextAction,
+    Utf8AcceptAction,
     XlistAction,
 )
 
@@ -134,4 +138,8 @@ def build_action(rule_id: str, spec: ActionSpec) -> Action:
             return PrefixNumericTags(rule_id, spec)
         case IdleKeepaliveAction():
             return IdleKeepalive(rule_id, spec)
+        case ListStatusAction():
+            return EmulateListStatus(rule_id, spec)
+        case Utf8AcceptAction():
+            return Utf8Accept(rule_id, spec)
     raise TypeError(f"no implementation for action {spec!r}")  # pragma: no cover
