@@ -1,0 +1,186 @@
+"""LIST-STATUS emulation and the UTF-8 mailbox-name bridge against legacy Dovecot.
+
+The legacy profile advertises neither LIST-STATUS nor UTF8=ACCEPT nor ENABLE. Through the
+proxy (rules `list-status-emulation`, `utf8-accept` and `common-special-folders`, their
+client match lifted), a raw client asks `LIST ... RETURN (STATUS ...)`: every selectable
+mailbox's STATUS follows its LIST line and holds the numbers a direct STATUS on Dovecot
+gives; a \\Noselect parent has none. A folder created in UTF-8 after `ENABLE UTF8=ACCEPT`
+is stored by Dovecot under its modified UTF-7 name, holds what was appended to it, and is
+listed back in UTF-8 (and decoded by imapclient, which speaks mUTF-7 only).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+
+import imapclient
+import pytest
+
+from imap_proxy.config import ProxyConfig
+from imap_proxy.quirks.fingerprint import FingerprintSet
+from imap_proxy.quirks.model import LoadedRule, Match, RuleSet, load_rules
+from imap_proxy.quirks.store import QuirkSnapshot, RuleStore
+from imap_proxy.session import events as ev
+from imap_proxy.wire.mutf7 import encode_mutf7
+from tests.clients.support import make_message
+from tests.support.dovecot import DovecotInstance, MailUser, imap_quote
+from tests.support.proxy import RawClient, RunningProxy, running_proxy
+
+RULES = ("list-status-emulation", "utf8-accept", "common-special-folders")
+ITEMS = ("MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+FOLDER = "Entwürfe 日本"
+_PAIR = re.compile(
+    rb'\* LIST \(([^)]*)\) "\." ("?)([^"\r\n]*)\2\r\n(\* STATUS "?\3"? \(([^)]*)\)\r\n)?'
+)
+
+
+@pytest.fixture
+def upstream(dovecot_legacy: DovecotInstance) -> DovecotInstance:
+    return dovecot_legacy
+
+
+@pytest.fixture
+def user(
+    upstream: DovecotInstance, fresh_mail_user: Callable[[DovecotInstance], MailUser]
+) -> MailUser:
+    mail_user = fresh_mail_user(upstream)
+    for key in ("one", "two", "three"):
+        upstream.append(mail_user.name, make_message(key), flags="\\Seen" if key == "one" else "")
+    upstream.append(mail_user.name, make_message("draft"), "Drafts")
+    direct = upstream.imap(mail_user.name)
+    try:
+        assert direct.create("Parent.Child")[0] == "OK"  # "Parent" becomes \Noselect
+    finally:
+        direct.logout()
+    return mail_user
+
+
+@pytest.fixture
+def fired() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def proxy(upstream: DovecotInstance, fired: list[str]) -> Iterator[RunningProxy]:
+    chosen = load_rules().only(RULES)
+    lifted = RuleSet(
+        tuple(
+            LoadedRule(loaded.rule.model_copy(update={"match": Match()}), loaded.source)
+            for loaded in chosen.rules
+        ),
+        "test",
+    )
+    store = RuleStore(QuirkSnapshot(lifted, FingerprintSet.packaged()))
+    config = ProxyConfig.model_validate(
+        {"listen": ["127.0.0.1:0"], "upstream": {"address": f"127.0.0.1:{upstream.port}"}}
+    )
+
+    def observe(event: object) -> None:
+        if isinstance(event, ev.RuleApplied):
+            fired.append(event.rule_id)
+
+    with running_proxy(config, observer=observe, rules=store) as running:
+        yield running
+
+
+def _command(raw: RawClient, tag: bytes, line: bytes) -> bytes:
+    raw.send(tag + b" " + line + b"\r\n")
+    answer = b""
+    while True:
+        got = raw.read_line()
+        answer += got
+        if got.startswith(tag + b" "):
+            return answer
+
+
+def _login(raw: RawClient, user: MailUser) -> None:
+    raw.read_line()
+    answer = _command(raw, b"a", f"LOGIN {user.name} {user.password}".encode())
+    assert answer.startswith(b"a OK"), answer
+
+
+def _direct_status(upstream: DovecotInstance, user: MailUser, mailbox: str) -> dict[str, int]:
+    direct = upstream.imap(user.name)
+    try:
+        status, data = direct.status(imap_quote(mailbox), f"({' '.join(ITEMS)})")
+        assert status == "OK", data
+    finally:
+        direct.logout()
+    text = data[0].decode() if isinstance(data[0], bytes) else ""
+    inner = text[text.rindex("(") + 1 : text.rindex(")")].split()
+    return {name: int(value) for name, value in zip(inner[::2], inner[1::2], strict=True)}
+
+
+def test_list_status_numbers_are_dovecots_own(
+    proxy: RunningProxy, upstream: DovecotInstance, user: MailUser, fired: list[str]
+) -> None:
+    with proxy.raw() as raw:
+        _login(raw, user)
+        caps = _command(raw, b"c", b"CAPABILITY")
+        assert b" LIST-STATUS" in caps
+        answer = _command(raw, b"l", b'LIST "" "*" RETURN (STATUS (%s))' % " ".join(ITEMS).encode())
+    assert answer.endswith(b"l OK LIST completed\r\n"), answer
+    pairs = {m.group(3).decode(): m for m in _PAIR.finditer(answer)}
+    # The mapping shows the upstream's "Deleted" as "Trash": with the STATUS of "Deleted".
+    assert {"INBOX", "Drafts", "Parent", "Parent.Child", "Trash"} <= set(pairs), answer
+    assert "Deleted" not in pairs
+    assert b"\\Trash" in pairs["Trash"].group(1)
+    assert answer.count(b"* LIST ") == len(pairs)  # every LIST line is in a pair (or alone)
+    assert b"\\Noselect" in pairs["Parent"].group(1)
+    assert pairs["Parent"].group(4) is None  # no STATUS for a \Noselect mailbox
+    for name, match in pairs.items():
+        if name == "Parent":
+            continue
+        assert match.group(4) is not None, (name, answer)
+        inner = match.group(5).decode().split()
+        shown = {key: int(value) for key, value in zip(inner[::2], inner[1::2], strict=True)}
+        upstream_name = "Deleted" if name == "Trash" else name
+        assert shown == _direct_status(upstream, user, upstream_name), name
+    assert pairs["INBOX"].group(5).startswith(b"MESSAGES 3 ")
+    assert b"UNSEEN 2" in pairs["INBOX"].group(5)
+    assert pairs["Drafts"].group(5).startswith(b"MESSAGES 1 ")
+    assert {"list-status-emulation", "common-special-folders"} <= set(fired)
+
+
+def test_a_utf8_folder_is_mutf7_in_dovecot_and_utf8_for_the_client(
+    proxy: RunningProxy, upstream: DovecotInstance, user: MailUser, fired: list[str]
+) -> None:
+    encoded = FOLDER.encode()
+    with proxy.raw() as raw:
+        _login(raw, user)
+        assert b" UTF8=ACCEPT" in _command(raw, b"c", b"CAPABILITY")
+        assert _command(raw, b"e", b"ENABLE UTF8=ACCEPT") == (
+            b"* ENABLED UTF8=ACCEPT\r\ne OK ENABLE completed\r\n"
+        )
+        assert _command(raw, b"k", b'CREATE "' + encoded + b'"').startswith(b"k OK")
+        message = make_message("utf8")
+        raw.send(b'p APPEND "' + encoded + b'" {%d+}\r\n' % len(message) + message + b"\r\n")
+        while not (line := raw.read_line()).startswith(b"p "):
+            pass
+        assert line.startswith(b"p OK"), line
+        listed = _command(raw, b"l", b'LIST "" "Entw*" RETURN (STATUS (MESSAGES))')
+        literal = b"{%d}\r\n" % len(encoded) + encoded
+        assert b'* LIST (\\HasNoChildren) "." ' + literal + b"\r\n" in listed, listed
+        assert b"* STATUS " + literal + b" (MESSAGES 1)\r\n" in listed, listed
+        status = _command(raw, b"s", b'STATUS "' + encoded + b'" (MESSAGES)')
+        assert b"* STATUS " + literal + b" (MESSAGES 1)\r\n" in status, status
+        bad = _command(raw, b"x", b'SELECT "Entw\xfcrfe"')  # Latin-1: not UTF-8
+        assert bad == b"x NO [CANNOT] Mailbox name is not valid UTF-8\r\n"
+
+    stored = encode_mutf7(FOLDER).decode()
+    direct = upstream.imap(user.name)
+    try:
+        listing = direct.list('""', "Entw*")
+        assert listing == ("OK", [f'(\\HasNoChildren) "." "{stored}"'.encode()])
+    finally:
+        direct.logout()
+    assert len(upstream.mailbox_messages(user.name, stored)) == 1
+    assert "utf8-accept" in fired
+
+    # imapclient speaks modified UTF-7 (it never enables UTF8=ACCEPT): it sees the name too.
+    client = imapclient.IMAPClient("127.0.0.1", port=proxy.port, ssl=False, timeout=30)
+    client.login(user.name, user.password)
+    assert FOLDER in [name for _flags, _delimiter, name in client.list_folders()]
+    assert client.folder_status(FOLDER, [b"MESSAGES"])[b"MESSAGES"] == 1
+    client.logout()
