@@ -891,7 +891,7 @@ class ProxySession:
             self._answer(tag, name, _PRIVACY_REQUIRED)
         elif name == "ID" or self.hooks.wants_whole(name, part.raw):
             msg.mode = _Mode.HOLD
-        elif self.hooks.wants_head(name):
+        elif self.hooks.wants_head(name, part.raw):
             msg.mode = _Mode.HEAD
         else:
             msg.capture = name in AUTH_COMMANDS

@@ -118,9 +118,12 @@ class RuleHooks:
             return False
         return line is None or self.rules.wants_command(name, line)
 
-    def wants_head(self, name: str) -> bool:
-        """Rules rewrite this command's first argument; the rest (a message) streams."""
-        return name in self.rules.head_commands
+    def wants_head(self, name: str, line: bytes | None = None) -> bool:
+        """Rules rewrite this command's first argument; the rest (a message) streams.
+        With `line` (the first line), only if a rule wants this one."""
+        if name not in self.rules.head_commands:
+            return False
+        return line is None or self.rules.wants_head(name, line)
 
     def wants_mailbox_list(self, command: Command) -> bool:
         return self.rules.wants_mailbox_list(command)

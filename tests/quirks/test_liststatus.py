@@ -113,7 +113,7 @@ S: a1 OK done
     assert finished(events) == []
 
 
-def test_a_mailbox_gone_meanwhile_has_no_status_and_bad_items_end_with_bad() -> None:
+def test_a_gone_mailbox_has_no_status_and_unknown_items_fall_back_or_end_with_bad() -> None:
     check(
         GREETING
         + LOGIN
@@ -139,6 +139,24 @@ s: ipx4 OK done
 >s: ipx5 STATUS INBOX (HIGHESTMODSEQ)
 s: ipx5 BAD Unknown STATUS item
 >c: a2 BAD Unknown STATUS item
+c: a3 LIST "" "%" RETURN (STATUS (MESSAGES HIGHESTMODSEQ))
+>s: ipx6 LIST "" "%"
+s: * LIST () "." INBOX
+s: * LIST () "." Sent
+s: ipx6 OK done
+>s: ipx7 STATUS INBOX (MESSAGES HIGHESTMODSEQ)
+s: ipx7 BAD Unknown STATUS item
+>s: ipx8 STATUS INBOX (MESSAGES)
+s: * STATUS INBOX (MESSAGES 2)
+s: ipx8 OK done
+>s: ipx9 STATUS "Sent" (MESSAGES)
+s: * STATUS Sent (MESSAGES 0)
+s: ipx9 OK done
+>c: * LIST () "." INBOX
+>c: * STATUS INBOX (MESSAGES 2)
+>c: * LIST () "." Sent
+>c: * STATUS Sent (MESSAGES 0)
+>c: a3 OK LIST completed
 """,
         LIST_STATUS,
     )

@@ -14,8 +14,9 @@ How this works: `EmulateListStatus` advertises LIST-STATUS after login and answe
 * `STATUS mailbox (items)` for each mailbox without \\Noselect or \\NonExistent (RFC
   5819 §2: no STATUS for those), at most `max_status` of them; the tagged OK says how
   many were left out. A STATUS answered NO (the mailbox went away meanwhile) leaves that
-  mailbox without STATUS, as RFC 5819 allows; BAD (items the upstream does not take)
-  ends the command with BAD.
+  mailbox without STATUS, as RFC 5819 allows. BAD (items of an extension the upstream
+  lacks, HIGHESTMODSEQ without CONDSTORE) is retried with the RFC 3501 items alone, for
+  this and the following mailboxes; BAD again ends the command with BAD.
 * The client gets each `* LIST` line followed by its `* STATUS` line, then OK.
 
 The answer is marked `replies`: the session passes it through the response rules as if
@@ -70,6 +71,7 @@ _STATUS_ITEMS = frozenset(
         b"MAILBOXID",
     }
 )
+_RFC3501_ITEMS = frozenset({b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN"})
 _NOT_SELECTABLE = frozenset({"\\noselect", "\\nonexistent"})
 
 
@@ -91,7 +93,8 @@ class EmulateListStatus(Action):
         return [*caps, "LIST-STATUS"]
 
     def wants_command_line(self, line: bytes) -> bool:
-        return b"RETURN" in line.upper()
+        # RETURN may follow a literal (a pattern sent as one): then the line ends with it.
+        return b"RETURN" in line.upper() or line.endswith(b"}\r\n")
 
     def on_command(
         self, command: Command, view: SessionView
@@ -202,6 +205,22 @@ def _relayed_status(result: StepResult) -> bytes:
     return status + b" " + (result.text or b"LIST failed")
 
 
+def _item(value: Value) -> bytes:
+    return value.value.upper() if isinstance(value, Atom) else b""
+
+
+def _status_of(result: StepResult, name: bytes, statuses: dict[bytes, bytes]) -> bytes:
+    """Keep the `* STATUS` line of `name`; the other untagged lines, to pass on."""
+    passed = bytearray()
+    for line in result.untagged:
+        data = _parsed(line)
+        if isinstance(data, StatusData) and data.mailbox == name:
+            statuses[name] = line
+        else:
+            passed += line
+    return bytes(passed)
+
+
 def list_status_script(
     lists: list[UpstreamCommand],
     lsubs: list[UpstreamCommand],
@@ -245,12 +264,14 @@ def list_status_script(
                 continue
             asked += 1
             result = yield UpstreamCommand("STATUS", (mailbox_value(name), wanted))
-            for line in result.untagged:
-                data_line = _parsed(line)
-                if isinstance(data_line, StatusData) and data_line.mailbox == name:
-                    statuses[name] = line
-                else:
-                    out += line
+            out += _status_of(result, name, statuses)
+            basic = ParenList(tuple(i for i in wanted.items if _item(i) in _RFC3501_ITEMS))
+            if result.status == "BAD" and basic.items and basic != wanted:
+                # Items of an extension the upstream lacks (HIGHESTMODSEQ without
+                # CONDSTORE: iOS asks regardless): the RFC 3501 ones are still answered.
+                wanted = basic
+                result = yield UpstreamCommand("STATUS", (mailbox_value(name), wanted))
+                out += _status_of(result, name, statuses)
             if result.status == "BAD":
                 return EmulationAnswer(bytes(out), _relayed_status(result), "failed")
     for name, (line, data) in listed.items():

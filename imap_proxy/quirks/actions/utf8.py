@@ -88,10 +88,18 @@ class Utf8Accept(Action):
     # --- commands ------------------------------------------------------------------
 
     def wants_command_line(self, line: bytes) -> bool:
-        if self.enabled or not line.isascii() or line.endswith(b"}\r\n"):
+        if self.enabled:
             return True
         peeked = peek_command(line)
-        return self.advertise and peeked is not None and peeked[1] == "ENABLE"
+        name = "" if peeked is None else peeked[1]
+        if name == "ENABLE":
+            return self.advertise
+        if not line.isascii():
+            return True
+        if name == "APPEND":  # the message's literal ends the line: is the mailbox one too?
+            words = line.split(b" ", 3)
+            return len(words) > 2 and words[2].lstrip(b"~").startswith(b"{")
+        return line.endswith(b"}\r\n")  # a literal: maybe the mailbox name
 
     def on_command(self, command: Command, view: SessionView) -> Rewrite | LocalAnswer | None:
         if not self.active(view):
