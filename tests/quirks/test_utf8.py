@@ -254,3 +254,18 @@ def test_nothing_happens_where_the_upstream_has_utf8_accept() -> None:
     assert action.capabilities(["IMAP4rev1"], view) == ["IMAP4rev1"]
     assert action.on_command(Command(b"e", "ENABLE", (Atom(b"UTF8=ACCEPT"),)), view) is None
     assert action.on_command(Command(b"s", "SELECT", (Quoted("é".encode()),)), view) is None
+
+
+def test_an_ascii_append_streams_untouched_and_its_errors_are_the_upstreams() -> None:
+    check(
+        GREETING
+        + LOGIN
+        + r"""
+C: a1 APPEND INBOX (\Seen) {5+}
+C: hello
+S: a1 OK done
+C: a2 APPEND INBOX {-5}
+S: a2 BAD Invalid literal size
+""",
+        RAW,
+    )
