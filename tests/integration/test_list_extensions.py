@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import imapclient
 import pytest
@@ -61,9 +62,11 @@ def fired() -> list[str]:
     return []
 
 
-@pytest.fixture
-def proxy(upstream: DovecotInstance, fired: list[str]) -> Iterator[RunningProxy]:
-    chosen = load_rules().only(RULES)
+@contextmanager
+def _proxy(
+    upstream: DovecotInstance, rules: tuple[str, ...], fired: list[str]
+) -> Iterator[RunningProxy]:
+    chosen = load_rules().only(rules)
     lifted = RuleSet(
         tuple(
             LoadedRule(loaded.rule.model_copy(update={"match": Match()}), loaded.source)
@@ -81,6 +84,12 @@ def proxy(upstream: DovecotInstance, fired: list[str]) -> Iterator[RunningProxy]
             fired.append(event.rule_id)
 
     with running_proxy(config, observer=observe, rules=store) as running:
+        yield running
+
+
+@pytest.fixture
+def proxy(upstream: DovecotInstance, fired: list[str]) -> Iterator[RunningProxy]:
+    with _proxy(upstream, RULES, fired) as running:
         yield running
 
 
@@ -184,3 +193,28 @@ def test_a_utf8_folder_is_mutf7_in_dovecot_and_utf8_for_the_client(
     assert FOLDER in [name for _flags, _delimiter, name in client.list_folders()]
     assert client.folder_status(FOLDER, [b"MESSAGES"])[b"MESSAGES"] == 1
     client.logout()
+
+
+def test_ios_list_status_with_special_use_selection_and_return(
+    upstream: DovecotInstance, user: MailUser, fired: list[str]
+) -> None:
+    """iOS 26's opener LIST and RFC 6154's selection form, with the synthesis rule."""
+    rules = ("special-use-synthesis", "list-status-emulation")
+    items = b"MESSAGES UIDNEXT UIDVALIDITY UNSEEN HIGHESTMODSEQ"
+    with _proxy(upstream, rules, fired) as proxy, proxy.raw() as raw:
+        _login(raw, user)
+        opener = _command(raw, b"B4", b'LIST "" "*" RETURN (STATUS (%s) SPECIAL-USE)' % items)
+        only = _command(raw, b"B5", b'LIST (SPECIAL-USE) "" "*" RETURN (STATUS (MESSAGES))')
+    assert opener.endswith(b"B4 OK LIST completed\r\n"), opener
+    pairs = {m.group(3).decode(): m for m in _PAIR.finditer(opener)}
+    assert b"\\Trash" in pairs["Deleted"].group(1)
+    assert b"\\Drafts" in pairs["Drafts"].group(1)
+    assert pairs["INBOX"].group(5).startswith(b"MESSAGES 3 ")
+    assert b"HIGHESTMODSEQ " in pairs["INBOX"].group(5)
+    assert pairs["Drafts"].group(5).startswith(b"MESSAGES 1 ")
+    special = {m.group(3).decode(): m for m in _PAIR.finditer(only)}
+    assert set(special) == {"Deleted", "Sent", "Drafts", "Junk"}, only
+    assert only.count(b"* STATUS ") == 4
+    assert special["Drafts"].group(5) == b"MESSAGES 1"
+    assert special["Deleted"].group(5) == b"MESSAGES 0"
+    assert {"special-use-synthesis", "list-status-emulation"} <= set(fired)
