@@ -8,14 +8,18 @@ random chunks, with shipped rules whose client match is lifted.
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from imap_proxy.quirks.actions.base import LocalAnswer, Rewrite
 from imap_proxy.quirks.actions.utf8 import Utf8Accept
 from imap_proxy.quirks.engine import SessionView
 from imap_proxy.quirks.model import Utf8AcceptAction
 from imap_proxy.session import events as ev
 from imap_proxy.wire.command import Command
+from imap_proxy.wire.mutf7 import decode_mutf7, encode_mutf7
 from imap_proxy.wire.response import ListData, StatusData
-from imap_proxy.wire.syntax import Atom, LiteralString, ParenList, Quoted
+from imap_proxy.wire.syntax import Atom, LiteralString, ParenList, Quoted, mailbox_bytes
 from tests.quirks.test_liststatus import GREETING, LOGIN, check, rules
 
 UTF8 = rules("utf8-accept")
@@ -269,3 +273,21 @@ S: a2 BAD Invalid literal size
 """,
         RAW,
     )
+
+
+@given(st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=40))
+@settings(max_examples=200, deadline=None)
+def test_any_name_goes_up_as_mutf7_and_comes_back_as_the_same_utf8(name: str) -> None:
+    action, view = _enabled_action()
+    raw = name.encode()
+    command = action.on_command(Command(b"s", "SELECT", (Quoted(raw),)), view)
+    upstream = encode_mutf7(name)
+    if upstream == raw:
+        assert command is None
+    else:
+        assert isinstance(command, Rewrite)
+        assert mailbox_bytes(command.command.args[0]) == upstream
+    reply = action.on_response(ListData("LIST", (), b".", upstream), view)
+    shown = upstream if reply is None else reply.mailbox  # type: ignore[union-attr]
+    assert shown == raw
+    assert decode_mutf7(upstream) == name
