@@ -11,6 +11,7 @@ listed back in UTF-8 (and decoded by imapclient, which speaks mUTF-7 only).
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,6 +32,10 @@ from tests.support.proxy import RawClient, RunningProxy, running_proxy
 RULES = ("list-status-emulation", "utf8-accept", "common-special-folders")
 ITEMS = ("MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
 FOLDER = "Entwürfe 日本"
+IOS_ID = (
+    b'ID ("name" "com.apple.email.maild" "version" "3864.600.51.2.1" "os" "iOS"'
+    b' "os-version" "26.5 (23F77)" "vendor" "Apple Inc" "event" NIL)'
+)
 _PAIR = re.compile(
     rb'\* LIST \(([^)]*)\) "\." ("?)([^"\r\n]*)\2\r\n(\* STATUS "?\3"? \(([^)]*)\)\r\n)?'
 )
@@ -218,3 +223,39 @@ def test_ios_list_status_with_special_use_selection_and_return(
     assert special["Drafts"].group(5) == b"MESSAGES 1"
     assert special["Deleted"].group(5) == b"MESSAGES 0"
     assert {"special-use-synthesis", "list-status-emulation"} <= set(fired)
+
+
+def test_an_ios_26_opener_with_the_rules_and_fingerprints_as_shipped(
+    upstream: DovecotInstance, user: MailUser, fired: list[str]
+) -> None:
+    """Recognised from its ID: Apple's names for the special folders, each with the STATUS
+    of the real folder, in the one LIST iOS opens the account with."""
+    store = RuleStore(QuirkSnapshot(load_rules(), FingerprintSet.packaged()))
+    config = ProxyConfig.model_validate(
+        {"listen": ["127.0.0.1:0"], "upstream": {"address": f"127.0.0.1:{upstream.port}"}}
+    )
+
+    def observe(event: object) -> None:
+        if isinstance(event, ev.RuleApplied):
+            fired.append(event.rule_id)
+
+    plain = base64.b64encode(f"\0{user.name}\0{user.password}".encode())
+    items = b"MESSAGES UIDNEXT UIDVALIDITY UNSEEN HIGHESTMODSEQ"
+    with running_proxy(config, observer=observe, rules=store) as proxy, proxy.raw() as raw:
+        raw.read_line()
+        assert _command(raw, b"B1", b"AUTHENTICATE PLAIN " + plain).startswith(b"B1 OK")
+        _command(raw, b"B2", IOS_ID)
+        _command(raw, b"B3", b"NAMESPACE")
+        opener = _command(raw, b"B4", b'LIST "" "*" RETURN (STATUS (%s) SPECIAL-USE)' % items)
+        _command(raw, b"D6", b"LOGOUT")
+    assert opener.endswith(b"B4 OK LIST completed\r\n"), opener
+    pairs = {m.group(3).decode(): m for m in _PAIR.finditer(opener)}
+    assert b"\\Trash" in pairs["Deleted Messages"].group(1), opener
+    assert b"\\Sent" in pairs["Sent Messages"].group(1)
+    assert "Deleted" not in pairs and "Sent" not in pairs
+    trash = pairs["Deleted Messages"].group(5).decode().split()
+    shown = dict(zip(trash[::2], trash[1::2], strict=True))
+    direct = _direct_status(upstream, user, "Deleted")
+    assert {key: int(shown[key]) for key in direct} == direct
+    assert pairs["INBOX"].group(5).startswith(b"MESSAGES 3 ")
+    assert {"apple-special-folders", "list-status-emulation"} <= set(fired)
