@@ -8,12 +8,17 @@ time and in random chunks, with shipped rules whose client match is lifted.
 
 from __future__ import annotations
 
-from imap_proxy.quirks.actions.base import UpstreamCommand
-from imap_proxy.quirks.actions.liststatus import list_status_script
-from imap_proxy.quirks.model import LoadedRule, Match, RuleSet, load_rules
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from imap_proxy.quirks.actions.base import Emulate, LocalAnswer, Rewrite, UpstreamCommand
+from imap_proxy.quirks.actions.liststatus import EmulateListStatus, list_status_script
+from imap_proxy.quirks.engine import SessionView
+from imap_proxy.quirks.model import ListStatusAction, LoadedRule, Match, RuleSet, load_rules
 from imap_proxy.session import events as ev
 from imap_proxy.session.settings import SessionSettings
-from imap_proxy.wire.syntax import Atom, Quoted
+from imap_proxy.wire.command import Command
+from imap_proxy.wire.syntax import Atom, LiteralString, ParenList, Quoted, Value
 from tests.quirks.test_move import run, scripted
 from tests.support.transcript import CHUNKERS_FOR_UNIT, expected_outputs, parse, replay
 
@@ -217,9 +222,46 @@ C: a2 LIST "" "*" RETURN (SPECIAL-USE)
 S: a2 OK done
 C: a3 LIST "" "*"
 S: a3 OK done
+c: a4 LIST "" "*" RETURN ()
+>s: a4 LIST "" "*"
+S: a4 OK done
 """,
         LIST_STATUS,
     )
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                Atom(b"RETURN"),
+                Atom(b"STATUS"),
+                Atom(b"SUBSCRIBED"),
+                Atom(b"MESSAGES"),
+                Quoted(b""),
+                Quoted(b"*"),
+                LiteralString(None),
+                ParenList(()),
+                ParenList((Atom(b"STATUS"), ParenList((Atom(b"UNSEEN"),)))),
+                ParenList((Atom(b"STATUS"),)),
+                ParenList((Quoted(b"a"), Quoted(b"b"))),
+                ParenList((Atom(b"SPECIAL-USE"),)),
+            ]
+        ),
+        max_size=6,
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_any_list_arguments_get_an_answer_or_pass_never_an_error(args: list[Value]) -> None:
+    view = SessionView(authenticated=True, upstream_capabilities=["IMAP4rev1"])
+    action = EmulateListStatus(
+        "list-status-emulation", ListStatusAction(type="emulate_list_status")
+    )
+    outcome = action.on_command(Command(b"a", "LIST", tuple(args)), view)
+    assert outcome is None or isinstance(outcome, LocalAnswer | Rewrite | Emulate)
+    if isinstance(outcome, Emulate):
+        first = next(outcome.script)
+        assert first.name == "LIST"
 
 
 def test_the_status_cap_is_said_in_the_tagged_ok() -> None:

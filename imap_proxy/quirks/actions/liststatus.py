@@ -113,6 +113,9 @@ class EmulateListStatus(Action):
         if options is None:
             return LocalAnswer(b"", _BAD_RETURN)
         items, others = options
+        if not returned.items and not view.has_upstream("LIST-EXTENDED"):
+            # `RETURN ()` asks for nothing: a plain LIST (what a rule left of the options).
+            return Rewrite(Command(command.tag, command.name, tuple(args[:at])))
         if items is None and not others & {b"SUBSCRIBED", b"CHILDREN"}:
             return None  # RETURN (SPECIAL-USE) alone: the special-use rule's, or upstream's
         selection = args[0] if isinstance(args[0], ParenList) else None
