@@ -146,6 +146,7 @@ DIRECTIONS: Final = ("client_to_upstream", "upstream_to_client")
 EMULATION_OUTCOMES: Final = {
     "move": ("ok", "failed", "rolled_back"),
     "stub_fetch": ("served",),
+    "list_status": ("ok", "failed", "limited"),
 }
 _LABEL_VALUE = re.compile(r"[^a-z0-9_.:-]+")
 

@@ -244,6 +244,13 @@ class SessionRules:
             name in action.commands and action.wants_command_line(line) for action in self.active
         )
 
+    def wants_head(self, name: str, line: bytes) -> bool:
+        """Whether any active action wants this command's head (by its first line)."""
+        return any(
+            name in action.head_commands and action.wants_command_line(line)
+            for action in self.active
+        )
+
     def wants_line(self, kind: str, line: bytes) -> bool:
         """Whether any active action wants this untagged line (of a wanted kind) parsed."""
         return any(

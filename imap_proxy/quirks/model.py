@@ -404,6 +404,42 @@ class ScopeExpungeAction(_Strict):
     )
 
 
+class ListStatusAction(_Strict):
+    """`LIST ... RETURN (STATUS (...))` (RFC 5819) for upstreams without LIST-STATUS: a plain
+    LIST, then one STATUS per selectable mailbox, answered as LIST-STATUS would (each
+    `* LIST` followed by its `* STATUS`); RETURN (SUBSCRIBED) and (CHILDREN) are answered
+    from LSUB and the plain LIST where the upstream lacks LIST-EXTENDED. Advertises
+    LIST-STATUS."""
+
+    type: Literal["emulate_list_status"]
+    max_status: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="at most this many STATUS commands per LIST; the tagged OK says how "
+        "many mailboxes were left without STATUS",
+    )
+
+
+class Utf8AcceptAction(_Strict):
+    """UTF8=ACCEPT (RFC 6855) for upstreams without it: advertise it, answer `ENABLE
+    UTF8=ACCEPT`, then convert mailbox names UTF-8 -> modified UTF-7 in commands and back
+    in LIST/LSUB/STATUS replies. Raw 8-bit names from clients that did not enable it are
+    converted too (with `advertise: false`, only those); names that are not UTF-8 get NO."""
+
+    type: Literal["utf8_accept"]
+    advertise: bool = Field(
+        default=True,
+        description="advertise UTF8=ACCEPT and answer ENABLE UTF8=ACCEPT; false converts "
+        "only the raw 8-bit names clients send without enabling it",
+    )
+    advertise_enable: bool = Field(
+        default=True,
+        description="also advertise ENABLE where the upstream lacks it (clients send "
+        "ENABLE only when it is advertised); the proxy then answers every ENABLE",
+    )
+
+
 ActionSpec = Annotated[
     CapabilitiesAction
     | AnswerIdAction
@@ -431,7 +467,9 @@ ActionSpec = Annotated[
     | ReidleAction
     | IdlePollAction
     | DeleteToTrashAction
-    | ScopeExpungeAction,
+    | ScopeExpungeAction
+    | ListStatusAction
+    | Utf8AcceptAction,
     Field(discriminator="type"),
 ]
 

@@ -980,7 +980,7 @@ class ProxySession:
             self._answer(tag, name, _PRIVACY_REQUIRED)
         elif name == "ID" or self.hooks.wants_whole(name, part.raw):
             msg.mode = _Mode.HOLD
-        elif self.hooks.wants_head(name):
+        elif self.hooks.wants_head(name, part.raw):
             msg.mode = _Mode.HEAD
         else:
             msg.capture = name in AUTH_COMMANDS
@@ -1237,6 +1237,12 @@ class ProxySession:
         emulation = self._emulation
         assert emulation is not None
         self._emulation = None
+        if emulation.emulate.replies:
+            untagged, applied = self.hooks.rewrite_replies(
+                answer.untagged, emulation.tag, emulation.name
+            )
+            self._out += applied
+            answer = replace(answer, untagged=untagged)
         if self.hooks.rules.watches_untagged:
             # What the emulation shows the client (EXPUNGEs, UIDs) is what rules follow too.
             for line in answer.untagged.splitlines(keepends=True):

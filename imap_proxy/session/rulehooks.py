@@ -24,7 +24,7 @@ from imap_proxy.wire.command import Command
 from imap_proxy.wire.encode import encode_response
 from imap_proxy.wire.errors import ProtocolError
 from imap_proxy.wire.message import Message
-from imap_proxy.wire.response import parse_response
+from imap_proxy.wire.response import ListData, StatusData, parse_response
 
 if TYPE_CHECKING:
     from imap_proxy.quirks.fingerprint import ClientProfile, Fingerprinter
@@ -118,9 +118,12 @@ class RuleHooks:
             return False
         return line is None or self.rules.wants_command(name, line)
 
-    def wants_head(self, name: str) -> bool:
-        """Rules rewrite this command's first argument; the rest (a message) streams."""
-        return name in self.rules.head_commands
+    def wants_head(self, name: str, line: bytes | None = None) -> bool:
+        """Rules rewrite this command's first argument; the rest (a message) streams.
+        With `line` (the first line), only if a rule wants this one."""
+        if name not in self.rules.head_commands:
+            return False
+        return line is None or self.rules.wants_head(name, line)
 
     def wants_mailbox_list(self, command: Command) -> bool:
         return self.rules.wants_mailbox_list(command)
@@ -190,6 +193,39 @@ class RuleHooks:
             return b"", self._record(applied)
         return encode_response(rewritten).to_bytes(), self._record(applied)
 
+    def rewrite_replies(
+        self, untagged: bytes, tag: bytes, name: str
+    ) -> tuple[bytes, list[ev.Event]]:
+        """An emulated command's untagged answer (one-line responses), through the response
+        rules line by line as if the upstream had sent it in reply to the client's command
+        `tag` `name` (which is then the oldest command in flight). A STATUS line that
+        follows a LIST line the rules dropped, for the same mailbox, goes too: RFC 5819
+        pairs them, and a hidden mailbox must not show through its STATUS."""
+        if not self.rules.watches_untagged:
+            return untagged, []
+        earlier = self.view.client_commands
+        self.view.client_commands = lambda: [(tag, name), *earlier()]
+        out = bytearray()
+        events: list[ev.Event] = []
+        dropped: bytes | None = None  # the mailbox of the LIST line just dropped
+        try:
+            for line in _lines(untagged):
+                kind = untagged_kind(line)
+                if kind == "STATUS" and dropped is not None and _mailbox_of(line) == dropped:
+                    continue
+                dropped = None
+                if not self.wants_response(kind, line):
+                    out += line
+                    continue
+                rewritten, applied = self.rewrite_response(line)
+                events += applied
+                if not rewritten and kind == "LIST":
+                    dropped = _mailbox_of(line)
+                out += rewritten
+        finally:
+            self.view.client_commands = earlier
+        return bytes(out), events
+
     def hold(self, kind: str, line: bytes, running: Collection[str]) -> list[ev.Event] | None:
         """Events if the rules hold this untagged line back; None to relay it now."""
         if kind not in HOLDABLE:
@@ -235,6 +271,22 @@ class RuleHooks:
     def drop_held(self) -> None:
         """A new mailbox is being selected: what was held describes the old one."""
         self._held.clear()
+
+
+def _lines(data: bytes) -> list[bytes]:
+    """CRLF-terminated lines (a bare CR or LF inside a line stays in it)."""
+    parts = data.split(b"\r\n")
+    lines = [part + b"\r\n" for part in parts[:-1]]
+    return [*lines, parts[-1]] if parts[-1] else lines
+
+
+def _mailbox_of(line: bytes) -> bytes | None:
+    """The mailbox a one-line LIST or STATUS response names."""
+    try:
+        response = parse_response(Message.from_line(line))
+    except ProtocolError:
+        return None
+    return response.mailbox if isinstance(response, ListData | StatusData) else None
 
 
 def _verb(line: bytes) -> bytes:

@@ -21,7 +21,7 @@ s: {UIDPLUS_GREETING}
 >c: * OK [CAPABILITY IMAP4rev1 IDLE NAMESPACE UIDPLUS AUTH=PLAIN LITERAL+ ID] ready
 C: a LOGIN u p
 s: a OK [CAPABILITY IMAP4rev1 LITERAL+ IDLE NAMESPACE UIDPLUS] Logged in
->c: a OK [CAPABILITY IMAP4rev1 IDLE NAMESPACE UIDPLUS LITERAL+ ID UNSELECT MOVE] Logged in
+>c: a OK [CAPABILITY IMAP4rev1 IDLE NAMESPACE UIDPLUS LITERAL+ ID UNSELECT LIST-STATUS MOVE] Logged in
 C: b SELECT INBOX
 S: b OK [READ-WRITE] Select completed
 """
@@ -186,7 +186,7 @@ def test_move_is_advertised_in_capabilities_sent_during_login_not_before() -> No
     session.receive_from_client(b"c LOGIN u p\r\n")
     out = session.receive_from_upstream(b"* CAPABILITY IMAP4rev1 UIDPLUS\r\nc OK Logged in\r\n")
     assert _client(out).startswith(
-        b"* CAPABILITY IMAP4rev1 UIDPLUS LITERAL+ ID NAMESPACE UNSELECT MOVE\r\n"
+        b"* CAPABILITY IMAP4rev1 UIDPLUS LITERAL+ ID NAMESPACE UNSELECT LIST-STATUS MOVE\r\n"
     )
 
 

@@ -72,7 +72,7 @@ def test_starttls_is_offered_only_where_the_listener_can() -> None:
         S: a OK Pre-login capabilities listed, post-login capabilities have more.
         C: b LOGIN u p
         s: b OK [CAPABILITY IMAP4rev1 SASL-IR ID IDLE MOVE] Logged in
-        >c: b OK [CAPABILITY IMAP4rev1 SASL-IR ID IDLE MOVE LITERAL+ NAMESPACE UNSELECT] Logged in
+        >c: b OK [CAPABILITY IMAP4rev1 SASL-IR ID IDLE MOVE LITERAL+ NAMESPACE UNSELECT LIST-STATUS] Logged in
         """.replace("        ", ""),
         starttls_available=True,
     )

@@ -18,6 +18,9 @@ and applies each named fault to the lines:
                       forwarded (163.com, libetpan PR #190)
     id-required       SELECT/EXAMINE before an ID command is answered `NO Unsafe Login.`
                       and not forwarded (NetEase, Q20)
+    utf8-accept       capability lists (`* CAPABILITY`, `[CAPABILITY ...]`) also name
+                      UTF8=ACCEPT, as an RFC 6855 server's do (Dovecot 2.3 has none): for
+                      the evidence that the UTF-8 bridge stays out of such an upstream's way
 
 Everything else is relayed byte for byte.
 """
@@ -38,6 +41,7 @@ KNOWN_FAULTS = frozenset(
         "coremail-greeting",
         "numeric-tags-refused",
         "id-required",
+        "utf8-accept",
     }
 )
 _LITERAL_AT_END = re.compile(rb"~?\{(\d+)\+?\}\r\n$")
@@ -46,6 +50,8 @@ _PARAM_VALUE = re.compile(rb'(\("charset" )"[^"]*"\)')
 _TEXT_LINES = re.compile(rb'("7bit" \d+) \d+')
 _EMPTY_FROM = re.compile(rb'(ENVELOPE \((?:NIL|"[^"]*") (?:NIL|"[^"]*")) NIL')
 _PARTIAL_EMPTY = re.compile(rb"(BODY\[[^\]]*\]<\d+>) \{0\}\r\n$")
+_CAPABILITY_CODE = re.compile(rb"(\[CAPABILITY [^\]]*)\]")
+_CAPABILITY_DATA = re.compile(rb"^(\* CAPABILITY [^\r\n]*)\r\n$")
 _ALWAYS_ALLOWED = frozenset({b"CAPABILITY", b"LOGIN", b"LOGOUT"})
 
 
@@ -77,6 +83,9 @@ class _Lines:
 
 
 def _server_line(line: bytes, faults: frozenset[str], first: bool) -> bytes:
+    if "utf8-accept" in faults:
+        line = _CAPABILITY_CODE.sub(rb"\1 UTF8=ACCEPT]", line)
+        line = _CAPABILITY_DATA.sub(rb"\1 UTF8=ACCEPT\r\n", line)
     if first:
         if "coremail-greeting" in faults:
             line = re.sub(rb"\] [^\r\n]*", b"] Coremail System IMap Server Ready", line)

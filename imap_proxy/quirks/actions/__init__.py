@@ -27,6 +27,7 @@ from imap_proxy.quirks.actions.clients import ShedBackgroundLoad
 from imap_proxy.quirks.actions.deletes import DeleteToTrash, ScopeExpunge
 from imap_proxy.quirks.actions.folders import MapSpecialFolders, SynthesizeSpecialUse, Xlist
 from imap_proxy.quirks.actions.idle import IdleKeepalive, IdlePoll, Reidle
+from imap_proxy.quirks.actions.liststatus import EmulateListStatus
 from imap_proxy.quirks.actions.mailboxes import (
     LsubNoselect,
     LsubSpecialUse,
@@ -44,6 +45,7 @@ from imap_proxy.quirks.actions.servergaps import AnswerEnable, AnswerNamespace, 
 from imap_proxy.quirks.actions.stubfetch import StubFetch
 from imap_proxy.quirks.actions.untagged import HoldUntagged
 from imap_proxy.quirks.actions.upstream import PrefixNumericTags, SendIdUpstream
+from imap_proxy.quirks.actions.utf8 import Utf8Accept
 from imap_proxy.quirks.model import (
     ActionSpec,
     AnswerEnableAction,
@@ -58,6 +60,7 @@ from imap_proxy.quirks.model import (
     IdleKeepaliveAction,
     IdlePollAction,
     IgnoreEmptyLinesAction,
+    ListStatusAction,
     LsubNoselectAction,
     LsubSpecialUseAction,
     MapSpecialFoldersAction,
@@ -72,6 +75,7 @@ from imap_proxy.quirks.model import (
     StubFetchAction,
     SynthesizeSpecialUseAction,
     UntaggedStatusTextAction,
+    Utf8AcceptAction,
     XlistAction,
 )
 
@@ -147,4 +151,8 @@ def build_action(rule_id: str, spec: ActionSpec) -> Action:
             return DeleteToTrash(rule_id, spec)
         case ScopeExpungeAction():
             return ScopeExpunge(rule_id, spec)
+        case ListStatusAction():
+            return EmulateListStatus(rule_id, spec)
+        case Utf8AcceptAction():
+            return Utf8Accept(rule_id, spec)
     raise TypeError(f"no implementation for action {spec!r}")  # pragma: no cover

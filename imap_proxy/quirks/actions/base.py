@@ -109,6 +109,10 @@ class Emulate:
     script: Script
     rule_id: str
     kind: str  # what is emulated, a bounded label ("move")
+    # The answer's untagged lines are replies to the client's command (LIST, STATUS): the
+    # response rules see them as they would the upstream's (names mapped, attributes
+    # added), with the client's command as the one they answer.
+    replies: bool = False
 
 
 @dataclass(frozen=True, slots=True)
