@@ -76,6 +76,8 @@ def split_capabilities(text: bytes) -> list[str]:
 
 def capabilities_in_line(line: bytes) -> list[str] | None:
     """The capabilities a response line announces, or None when it announces none."""
+    if b"APABILIT" not in line.upper():  # the cheap test every relayed line goes through
+        return None
     data = _DATA.match(line)
     if data is not None:
         return split_capabilities(data.group(1) or b"")

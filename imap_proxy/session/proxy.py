@@ -73,7 +73,7 @@ from imap_proxy.session.capabilities import (
     rewrite_capability_line,
 )
 from imap_proxy.session.idcommand import rewrite_id_command
-from imap_proxy.session.rulehooks import RuleHooks, untagged_kind
+from imap_proxy.session.rulehooks import HOLDABLE, RuleHooks, untagged_kind
 from imap_proxy.session.settings import SessionSettings
 from imap_proxy.session.state import AUTH_COMMANDS, ProtocolState, next_state
 from imap_proxy.session.tracker import CommandTracker, InFlight
@@ -600,7 +600,11 @@ class ProxySession:
             self._upstream_bye = True
         if self.hooks.rules.watches_untagged:
             kind = untagged_kind(line)
-            held = self.hooks.hold(kind, line, self._tracker.client_names())
+            held = (
+                self.hooks.hold(kind, line, self._tracker.client_names())
+                if kind in HOLDABLE
+                else None
+            )
             if held is not None:
                 self._out += held
                 return

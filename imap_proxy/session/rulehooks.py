@@ -237,7 +237,7 @@ class RuleHooks:
         return self._record([(action.rule_id, action.kind)])
 
     def release_before_untagged(self, kind: str) -> bytes:
-        return self.release_all() if kind in RELEASE_BEFORE_KINDS else b""
+        return self.release_all() if self._held and kind in RELEASE_BEFORE_KINDS else b""
 
     def release_before_completion(self, command: str) -> bytes:
         if self._held and self.rules.releases_before(command):
