@@ -246,6 +246,8 @@ class ClientConnection:
         self._shutdown_requested = False
         self._wakeup = _Wakeup()
         self._last_keepalive = -math.inf  # when a keepalive last went to an idling client
+        self._family = "unknown"  # the fingerprint's latest word, for the logs
+        self._rules_fired: dict[str, int] = {}  # rule id -> applications, for the summary
         self._last_activity = 0.0
         self._opened_at = 0.0
 
@@ -423,6 +425,17 @@ class ClientConnection:
             case ev.Authenticated(user=user, mechanism=mechanism):
                 label = None if user is None else user_label(user, self._config.log.hash_user)
                 self._log.info("authenticated", user=label, mechanism=mechanism)
+                if label is not None:  # every later line of this connection names the user
+                    self._log = self._log.bind(user=label)
+            case ev.ClientIdentified(family=family, version=version, confidence=confidence):
+                self._log.debug(
+                    "client identified", family=family, version=version, confidence=confidence
+                )
+                if family != self._family:
+                    self._family = family
+                    self._log = self._log.bind(client=family)
+            case ev.RuleApplied(rule_id=rule_id):
+                self._rules_fired[rule_id] = self._rules_fired.get(rule_id, 0) + 1
             case ev.ProtocolViolation(side=side, text=text, limit=limit):
                 self._log.info("protocol violation", side=side.value, limit=limit, text=text)
             case ev.PlaintextDiscarded(octets=octets):
@@ -654,6 +667,8 @@ class ClientConnection:
             bytes_from_upstream=stats.bytes_from_upstream,
             bytes_to_upstream=stats.bytes_to_upstream,
             commands=stats.commands,
+            client=self._family,
+            rules_fired=",".join(sorted(self._rules_fired)) or None,
         )
         self._notify(
             ConnectionClosed(

@@ -23,6 +23,7 @@ from imap_proxy.net.connection import (
     session_settings,
 )
 from imap_proxy.net.tls import server_ssl_context
+from imap_proxy.quirks.store import RuleStore
 from imap_proxy.session import events as ev
 from imap_proxy.session.proxy import ProxySession
 from imap_proxy.session.settings import PeerInfo, SessionSettings
@@ -100,6 +101,25 @@ async def test_logs_describe_the_connection_but_carry_no_client_data() -> None:
     assert "duration" in closed
     started = [e for e in logs if e["event"] == "command started"]
     assert [(e["tag"], e["command"]) for e in started] == [("a1", "LOGIN"), ("a2", "LOGOUT")]
+
+
+async def test_the_session_summary_names_the_client_the_user_and_the_rules_fired() -> None:
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            connection, client, _ = make_connection(
+                nursery, UpstreamScript(), rules=RuleStore.load(None)
+            )
+            nursery.start_soon(connection.run)
+            await client.read_line()
+            # Thunderbird's shape: lowercase verbs, a random first tag, CAPABILITY first.
+            await client.send(b"7 capability\r\n8 login alice s3cr3t\r\n9 logout\r\n")
+            assert await client.read_until_eof() != b""
+    closed = next(e for e in logs if e["event"] == "connection closed")
+    assert closed["user"].startswith("u:") and "alice" not in repr(logs)
+    identified = [e["family"] for e in logs if e["event"] == "client identified"]
+    assert identified[-1] == closed["client"] == "thunderbird"
+    # The fake upstream lacks NAMESPACE: the shipped rule adds it to the capabilities.
+    assert "answer-namespace" in closed["rules_fired"].split(",")
 
 
 async def test_pipelined_commands_arrive_in_order() -> None:
