@@ -195,8 +195,8 @@ class SessionRules:
         ids: list[str] = []
         for rule in self._rules:
             if matches(rule.match, self.view):
-                if rule.id not in self._built:  # actions keep per-session state
-                    self._built[rule.id] = [build_action(rule.id, spec) for spec in rule.actions]
+                if rule.id not in self._built:
+                    self._built[rule.id] = self._actions_of(rule)
                 active += self._built[rule.id]
                 ids.append(rule.id)
         self.active = active
@@ -211,6 +211,18 @@ class SessionRules:
         self.watches_untagged = hooks.watches_untagged
         self.watches_tagged = hooks.watches_tagged
         self.maps_tags = hooks.maps_tags
+
+    def _actions_of(self, rule: Rule) -> list[Action]:
+        """The rule's actions for this session: shared by every session of the rule set
+        when none of them keeps per-session state, else built for this session."""
+        key = ("actions", rule.id)
+        cached: list[Action] | None = self._cache.get(key)
+        if cached is not None:
+            return cached
+        built = [build_action(rule.id, spec) for spec in rule.actions]
+        if all(action.shared for action in built):
+            self._cache[key] = built
+        return built
 
     def capabilities(self, caps: list[str]) -> tuple[list[str], list[Applied]]:
         applied: list[Applied] = []

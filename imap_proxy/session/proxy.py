@@ -203,6 +203,41 @@ _PRIVACY_REQUIRED = b"NO [PRIVACYREQUIRED] Log in only over TLS: use STARTTLS or
 
 
 class ProxySession:
+    # Slots: a session lives as long as its connection, by the ten thousand (IDLE).
+    __slots__ = (
+        "_await",
+        "_await_tag",
+        "_bridge",
+        "_client",
+        "_client_open",
+        "_client_tls",
+        "_deferred_client",
+        "_deferred_upstream",
+        "_draining",
+        "_emulation",
+        "_greeting",
+        "_learning",
+        "_msg",
+        "_out",
+        "_phase",
+        "_proxy_parts",
+        "_relaying_response",
+        "_role",
+        "_sasl_mechanism",
+        "_stray_done",
+        "_tags_back",
+        "_tracker",
+        "_up_continues",
+        "_up_held",
+        "_upstream",
+        "_upstream_bye",
+        "_upstream_open",
+        "hooks",
+        "settings",
+        "state",
+        "user",
+    )
+
     def __init__(self, settings: SessionSettings) -> None:
         self.settings = settings
         self.state = ProtocolState.NOT_AUTHENTICATED

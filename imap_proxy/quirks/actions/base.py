@@ -149,6 +149,9 @@ class ReplaceCommand:
 
 class Action:
     kind: ClassVar[str] = "action"
+    # Keeps no per-session state (only its rule's parameters): one instance serves every
+    # session of a rule set. An action that remembers anything between calls must not say so.
+    shared: ClassVar[bool] = False
     commands: frozenset[str] = frozenset()
     head_commands: frozenset[str] = frozenset()
     responses: frozenset[str] = frozenset()

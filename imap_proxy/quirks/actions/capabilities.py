@@ -25,6 +25,7 @@ def _without(caps: list[str], names: set[str]) -> list[str]:
 
 
 class ShapeCapabilities(Action):
+    shared = True  # configuration only
     kind = "capabilities"
 
     def __init__(self, rule_id: str, spec: CapabilitiesAction) -> None:
@@ -43,6 +44,7 @@ class ShapeCapabilities(Action):
 
 
 class AnswerId(Action):
+    shared = True  # configuration only
     kind = "answer_id"
     commands = frozenset({"ID"})
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 
 class ShedBackgroundLoad(Action):
+    shared = True  # configuration only
     kind = "shed_background_load"
     commands = frozenset({"ID"})
 

@@ -278,6 +278,7 @@ _GMAIL_NAMES = {"\\junk": "\\Spam", "\\all": "\\AllMail", "\\flagged": "\\Starre
 
 
 class Xlist(Action):
+    shared = True  # configuration only
     kind = "xlist"
     commands = frozenset({"XLIST"})
     responses = frozenset({"LIST"})

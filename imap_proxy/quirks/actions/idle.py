@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 
 class IdleKeepalive(Action):
+    shared = True  # configuration only
     kind = "idle_keepalive"
 
     def __init__(self, rule_id: str, spec: IdleKeepaliveAction) -> None:
@@ -40,6 +41,7 @@ class IdleKeepalive(Action):
 
 
 class Reidle(Action):
+    shared = True  # configuration only
     kind = "reidle"
 
     def __init__(self, rule_id: str, spec: ReidleAction) -> None:
@@ -48,6 +50,7 @@ class Reidle(Action):
 
 
 class IdlePoll(Action):
+    shared = True  # configuration only
     kind = "idle_poll"
 
     def __init__(self, rule_id: str, spec: IdlePollAction) -> None:

@@ -76,6 +76,7 @@ _NOT_SELECTABLE = frozenset({"\\noselect", "\\nonexistent"})
 
 
 class EmulateListStatus(Action):
+    shared = True  # configuration only
     kind = "emulate_list_status"
     commands = frozenset({"LIST"})
 

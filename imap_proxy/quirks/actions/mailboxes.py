@@ -53,6 +53,7 @@ MAILBOX_COMMANDS = frozenset(
 
 
 class StripTrailingSeparator(Action):
+    shared = True  # configuration only
     kind = "strip_trailing_separator"
     commands = MAILBOX_COMMANDS
     responses = frozenset({"LIST"})  # observed only: it tells the upstream's separator
@@ -90,6 +91,7 @@ def _with_attributes(data: ListData, extra: list[str]) -> ListData | None:
 
 
 class LsubNoselect(Action):
+    shared = True  # configuration only
     kind = "lsub_noselect"
     responses = frozenset({"LIST", "LSUB"})
 
@@ -106,6 +108,7 @@ class LsubNoselect(Action):
 
 
 class LsubSpecialUse(Action):
+    shared = True  # configuration only
     kind = "lsub_special_use"
     responses = frozenset({"LIST", "LSUB"})
 

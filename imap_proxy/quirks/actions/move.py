@@ -67,6 +67,7 @@ _BAD_ARGUMENTS = b"BAD Invalid arguments: MOVE takes a sequence set and a mailbo
 
 
 class EmulateMove(Action):
+    shared = True  # configuration only
     kind = "emulate_move"
     commands = frozenset({"MOVE", "UID MOVE"})
 

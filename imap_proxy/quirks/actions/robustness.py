@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 
 class IgnoreEmptyLines(Action):
+    shared = True  # configuration only
     kind = "ignore_empty_lines"
     ignores_empty_lines = True
 
@@ -46,6 +47,7 @@ class IgnoreEmptyLines(Action):
 
 
 class DropFetchModifier(Action):
+    shared = True  # configuration only
     kind = "drop_fetch_modifier"
     commands = frozenset({"FETCH", "UID FETCH"})
 
@@ -85,6 +87,7 @@ class DropFetchModifier(Action):
 
 
 class UntaggedStatusText(Action):
+    shared = True  # configuration only
     kind = "untagged_status_text"
 
     def __init__(self, rule_id: str, spec: UntaggedStatusTextAction) -> None:
@@ -109,6 +112,7 @@ _PARTIAL_NIL = re.compile(rb"\]<\d+> NIL\b", re.IGNORECASE)
 
 
 class EmptyPartialFetch(Action):
+    shared = True  # configuration only
     kind = "empty_partial_fetch"
     responses = frozenset({"FETCH"})
 
@@ -133,6 +137,7 @@ _STRUCTURE_ITEMS = (b"BODYSTRUCTURE", b"ENVELOPE", b"BODY (")
 
 
 class NormalizeBodyStructure(Action):
+    shared = True  # configuration only
     kind = "normalize_body_structure"
     responses = frozenset({"FETCH"})
 

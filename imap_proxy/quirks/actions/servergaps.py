@@ -75,6 +75,7 @@ class _ServerGap(Action):
 
 
 class AnswerNamespace(_ServerGap):
+    shared = True  # configuration only
     kind = "answer_namespace"
     capability = "NAMESPACE"
     commands = frozenset({"NAMESPACE"})
@@ -112,6 +113,7 @@ class AnswerNamespace(_ServerGap):
 
 
 class AnswerEnable(_ServerGap):
+    shared = True  # configuration only
     kind = "answer_enable"
     capability = "ENABLE"
     commands = frozenset({"ENABLE"})
@@ -126,6 +128,7 @@ class AnswerEnable(_ServerGap):
 
 
 class EmulateUnselect(_ServerGap):
+    shared = True  # configuration only
     kind = "emulate_unselect"
     capability = "UNSELECT"
     commands = frozenset({"UNSELECT"})

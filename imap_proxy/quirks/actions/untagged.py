@@ -17,6 +17,7 @@ from imap_proxy.quirks.model import HoldUntaggedAction
 
 
 class HoldUntagged(Action):
+    shared = True  # configuration only
     kind = "hold_untagged"
     holds_untagged = True
 

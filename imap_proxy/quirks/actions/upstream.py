@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 
 class SendIdUpstream(Action):
+    shared = True  # configuration only
     kind = "send_id_upstream"
 
     def __init__(self, rule_id: str, spec: SendIdUpstreamAction) -> None:
@@ -41,6 +42,7 @@ class SendIdUpstream(Action):
 
 
 class PrefixNumericTags(Action):
+    shared = True  # configuration only
     kind = "prefix_numeric_tags"
     maps_tags = True
 
