@@ -76,11 +76,11 @@ def split_capabilities(text: bytes) -> list[str]:
 
 def capabilities_in_line(line: bytes) -> list[str] | None:
     """The capabilities a response line announces, or None when it announces none."""
-    if b"APABILIT" not in line.upper():  # the cheap test every relayed line goes through
-        return None
-    data = _DATA.match(line)
+    data = _DATA.match(line)  # anchored: fails at the first octets of any other line
     if data is not None:
         return split_capabilities(data.group(1) or b"")
+    if b"[" not in line:  # no response code: the cheap test most relayed lines stop at
+        return None
     code = _CODE.search(line)
     if code is not None and _is_status_line(line, code.start()):
         return split_capabilities(code.group(1) or b"")

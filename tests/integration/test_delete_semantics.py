@@ -22,50 +22,12 @@ from imap_proxy.quirks.model import LoadedRule, RuleSet, load_rules
 from imap_proxy.quirks.store import QuirkSnapshot, RuleStore
 from imap_proxy.session import events as ev
 from tests.support.dovecot import DovecotInstance, MailUser
+from tests.support.mailstate import flags_by_subject, seed, subjects
 from tests.support.proxy import RawClient, running_proxy
 
 NewUser = Callable[[DovecotInstance], MailUser]
 TO_TRASH = "outlook-delete-to-trash"
 SCOPED = "scope-expunge-to-session"
-
-
-def message(subject: str) -> bytes:
-    return f"From: a@example.org\r\nSubject: {subject}\r\n\r\nbody of {subject}\r\n".encode()
-
-
-def seed(
-    upstream: DovecotInstance, user: MailUser, count: int, deleted: tuple[int, ...] = ()
-) -> None:
-    """m1..mN in INBOX; those in `deleted` flagged \\Deleted by another device."""
-    for number in range(1, count + 1):
-        flags = "\\Deleted" if number in deleted else ""
-        upstream.append(user.name, message(f"m{number}"), "INBOX", flags)
-
-
-def subjects(upstream: DovecotInstance, user: MailUser, mailbox: str) -> list[str]:
-    found = []
-    for body in upstream.mailbox_messages(user.name, mailbox):
-        match = re.search(rb"Subject: (\S+)", body)
-        assert match is not None
-        found.append(match.group(1).decode())
-    return found
-
-
-def flags_of(upstream: DovecotInstance, user: MailUser, mailbox: str) -> dict[str, str]:
-    direct = upstream.imap(user.name)
-    try:
-        direct.select(mailbox, readonly=True)
-        _typ, data = direct.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
-        out: dict[str, str] = {}
-        for item in data:
-            if isinstance(item, tuple):
-                flags = re.search(rb"FLAGS \(([^)]*)\)", item[0])
-                subject = re.search(rb"Subject: (\S+)", item[1])
-                assert flags is not None and subject is not None
-                out[subject.group(1).decode()] = flags.group(1).decode()
-        return out
-    finally:
-        direct.logout()
 
 
 def rules(*enabled: str, **parameters: Any) -> RuleStore:
@@ -154,7 +116,7 @@ def test_outlooks_delete_is_dovecots_move_to_trash(
     assert subjects(dovecot_modern, user, "Trash") == ["m1", "m2"]
     # Another device's \Deleted message is neither moved nor expunged.
     assert subjects(dovecot_modern, user, "INBOX") == ["m3"]
-    assert "\\Deleted" in flags_of(dovecot_modern, user, "INBOX")["m3"]
+    assert "\\Deleted" in flags_by_subject(dovecot_modern, user, "INBOX")["m3"]
 
 
 def test_without_move_the_emulation_moves_to_the_configured_trash(
@@ -169,7 +131,7 @@ def test_without_move_the_emulation_moves_to_the_configured_trash(
         ask(raw, "f6g8", "LOGOUT")
     assert subjects(dovecot_legacy, user, "Deleted") == ["m1"]
     assert subjects(dovecot_legacy, user, "INBOX") == ["m2", "m3"]
-    assert "\\Deleted" not in flags_of(dovecot_legacy, user, "Deleted")["m1"]
+    assert "\\Deleted" not in flags_by_subject(dovecot_legacy, user, "Deleted")["m1"]
 
 
 def test_a_failed_move_leaves_the_message_flagged_where_it_was(
@@ -186,7 +148,7 @@ def test_a_failed_move_leaves_the_message_flagged_where_it_was(
         assert b"d4e6 OK STORE completed (moving to the trash failed: NO [TRYCREATE]" in answer
         ask(raw, "f6g8", "LOGOUT")
     assert ev.EmulationFinished(TO_TRASH, "delete_to_trash", "fell_back") in events
-    assert "\\Deleted" in flags_of(dovecot_legacy, user, "INBOX")["m1"]
+    assert "\\Deleted" in flags_by_subject(dovecot_legacy, user, "INBOX")["m1"]
 
 
 def test_a_clients_copy_then_delete_move_does_not_land_in_the_trash(
@@ -209,7 +171,7 @@ def test_a_clients_copy_then_delete_move_does_not_land_in_the_trash(
     assert subjects(dovecot_legacy, user, "Sent") == ["m1", "m2"]
     assert subjects(dovecot_legacy, user, "Deleted") == ["m2"]
     assert subjects(dovecot_legacy, user, "INBOX") == ["m1"]
-    assert "\\Deleted" in flags_of(dovecot_legacy, user, "INBOX")["m1"]
+    assert "\\Deleted" in flags_by_subject(dovecot_legacy, user, "INBOX")["m1"]
 
 
 # --- scope-expunge-to-session -----------------------------------------------------------
@@ -250,7 +212,7 @@ def test_expunge_removes_only_what_this_session_deleted(
         finally:
             session_b.logout()
     assert subjects(dovecot_modern, user, "INBOX") == ["m1"]
-    assert "\\Deleted" in flags_of(dovecot_modern, user, "INBOX")["m1"]
+    assert "\\Deleted" in flags_by_subject(dovecot_modern, user, "INBOX")["m1"]
 
 
 def test_a_sequence_store_without_known_uids_is_still_scoped(

@@ -21,13 +21,10 @@ from imap_proxy.quirks.model import LoadedRule, MoveEmulationAction, RuleSet, lo
 from imap_proxy.quirks.store import QuirkSnapshot, RuleStore
 from imap_proxy.session import events as ev
 from tests.support.dovecot import DovecotInstance, MailUser
+from tests.support.mailstate import flags_by_subject, seed, subjects
 from tests.support.proxy import RawClient, running_proxy
 
 NewUser = Callable[[DovecotInstance], MailUser]
-
-
-def message(subject: str) -> bytes:
-    return f"From: a@example.org\r\nSubject: {subject}\r\n\r\nbody of {subject}\r\n".encode()
 
 
 def config(upstream: DovecotInstance) -> ProxyConfig:
@@ -54,42 +51,6 @@ def rules_with_mode(mode: str) -> RuleStore:
         for loaded in shipped.rules
     )
     return RuleStore(QuirkSnapshot(RuleSet(rules, shipped.origin), FingerprintSet.packaged()))
-
-
-def seed(
-    upstream: DovecotInstance, user: MailUser, count: int, deleted: tuple[int, ...] = ()
-) -> None:
-    """`count` messages m1..mN in INBOX; those in `deleted` flagged \\Deleted by another
-    session (they must survive every MOVE)."""
-    for number in range(1, count + 1):
-        flags = "\\Deleted" if number in deleted else ""
-        upstream.append(user.name, message(f"m{number}"), "INBOX", flags)
-
-
-def subjects(upstream: DovecotInstance, user: MailUser, mailbox: str) -> list[str]:
-    found = []
-    for body in upstream.mailbox_messages(user.name, mailbox):
-        match = re.search(rb"Subject: (\S+)", body)
-        assert match is not None
-        found.append(match.group(1).decode())
-    return found
-
-
-def flags_by_subject(upstream: DovecotInstance, user: MailUser, mailbox: str) -> dict[str, str]:
-    direct = upstream.imap(user.name)
-    try:
-        direct.select(mailbox, readonly=True)
-        _typ, data = direct.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
-        out: dict[str, str] = {}
-        for item in data:
-            if isinstance(item, tuple):
-                flags = re.search(rb"FLAGS \(([^)]*)\)", item[0])
-                subject = re.search(rb"Subject: (\S+)", item[1])
-                assert flags is not None and subject is not None
-                out[subject.group(1).decode()] = flags.group(1).decode()
-        return out
-    finally:
-        direct.logout()
 
 
 def converse(sock: socket.socket, user: MailUser, commands: list[bytes]) -> list[bytes]:

@@ -16,9 +16,10 @@ import pytest
 
 from imap_proxy.config import ProxyConfig
 from imap_proxy.session import events as ev
-from tests.integration.test_move_emulation import NewUser, flags_by_subject, seed, subjects
+from tests.integration.test_move_emulation import NewUser
 from tests.support.dovecot import DovecotInstance, MailUser
 from tests.support.fault_relay import FaultRelay
+from tests.support.mailstate import flags_by_subject, seed, subjects
 from tests.support.proxy import running_proxy
 
 STEPS = [

@@ -10,8 +10,9 @@ import imapclient
 
 from imap_proxy.config import ProxyConfig
 from imap_proxy.session import events as ev
-from tests.integration.test_move_emulation import message, rules_with_mode
+from tests.integration.test_move_emulation import rules_with_mode
 from tests.support.imap4d import Imap4dInstance
+from tests.support.mailstate import message
 from tests.support.proxy import running_proxy
 
 
