@@ -21,13 +21,13 @@ import pytest
 
 from imap_proxy.config import ProxyConfig
 from imap_proxy.quirks.fingerprint import FingerprintSet
-from imap_proxy.quirks.model import LoadedRule, Match, RuleSet, load_rules
+from imap_proxy.quirks.model import load_rules
 from imap_proxy.quirks.store import QuirkSnapshot, RuleStore
 from imap_proxy.session import events as ev
 from imap_proxy.wire.mutf7 import encode_mutf7
 from tests.clients.support import make_message
 from tests.support.dovecot import DovecotInstance, MailUser, imap_quote
-from tests.support.proxy import RawClient, RunningProxy, running_proxy
+from tests.support.proxy import RawClient, RunningProxy, proxy_with_rules, running_proxy
 
 RULES = ("list-status-emulation", "utf8-accept", "common-special-folders")
 ITEMS = ("MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
@@ -71,24 +71,7 @@ def fired() -> list[str]:
 def _proxy(
     upstream: DovecotInstance, rules: tuple[str, ...], fired: list[str]
 ) -> Iterator[RunningProxy]:
-    chosen = load_rules().only(rules)
-    lifted = RuleSet(
-        tuple(
-            LoadedRule(loaded.rule.model_copy(update={"match": Match()}), loaded.source)
-            for loaded in chosen.rules
-        ),
-        "test",
-    )
-    store = RuleStore(QuirkSnapshot(lifted, FingerprintSet.packaged()))
-    config = ProxyConfig.model_validate(
-        {"listen": ["127.0.0.1:0"], "upstream": {"address": f"127.0.0.1:{upstream.port}"}}
-    )
-
-    def observe(event: object) -> None:
-        if isinstance(event, ev.RuleApplied):
-            fired.append(event.rule_id)
-
-    with running_proxy(config, observer=observe, rules=store) as running:
+    with proxy_with_rules(upstream.port, rules, fired) as running:
         yield running
 
 

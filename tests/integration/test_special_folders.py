@@ -21,12 +21,12 @@ from imapclient.imapclient import TRASH
 
 from imap_proxy.config import ProxyConfig
 from imap_proxy.quirks.fingerprint import FingerprintSet
-from imap_proxy.quirks.model import LoadedRule, Match, RuleSet, load_rules
+from imap_proxy.quirks.model import load_rules
 from imap_proxy.quirks.store import QuirkSnapshot, RuleStore
 from imap_proxy.session import events as ev
 from tests.clients.support import make_message
 from tests.support.dovecot import DovecotInstance, MailUser
-from tests.support.proxy import RawClient, RunningProxy, running_proxy
+from tests.support.proxy import RawClient, RunningProxy, proxy_with_rules, running_proxy
 
 RULES = ("outlook-special-folders", "xlist")
 BIG = 300 * 1024  # far beyond capture_literal_max: APPEND must stream it
@@ -62,24 +62,7 @@ def fired() -> list[str]:
 
 @pytest.fixture
 def proxy(upstream: DovecotInstance, fired: list[str]) -> Iterator[RunningProxy]:
-    chosen = load_rules().only(RULES)
-    lifted = RuleSet(
-        tuple(
-            LoadedRule(loaded.rule.model_copy(update={"match": Match()}), loaded.source)
-            for loaded in chosen.rules
-        ),
-        "test",
-    )
-    store = RuleStore(QuirkSnapshot(lifted, FingerprintSet.packaged()))
-    config = ProxyConfig.model_validate(
-        {"listen": ["127.0.0.1:0"], "upstream": {"address": f"127.0.0.1:{upstream.port}"}}
-    )
-
-    def observe(event: object) -> None:
-        if isinstance(event, ev.RuleApplied):
-            fired.append(event.rule_id)
-
-    with running_proxy(config, observer=observe, rules=store) as running:
+    with proxy_with_rules(upstream.port, RULES, fired) as running:
         yield running
 
 

@@ -204,3 +204,35 @@ def _run_quietly(main: Any) -> None:
     # Any error is in box["error"] for the test thread.
     with contextlib.suppress(BaseException):
         trio.run(main)
+
+
+@contextmanager
+def proxy_with_rules(
+    upstream_port: int, rule_ids: tuple[str, ...], fired: list[str]
+) -> Iterator[RunningProxy]:
+    """The proxy with only these packaged rules, each matching every client (their
+    `match` lifted), in front of `upstream_port`; `fired` collects the rules applied."""
+    from imap_proxy.quirks.fingerprint import FingerprintSet
+    from imap_proxy.quirks.model import LoadedRule, Match, RuleSet, load_rules
+    from imap_proxy.quirks.store import QuirkSnapshot, RuleStore
+    from imap_proxy.session import events as ev
+
+    chosen = load_rules().only(rule_ids)
+    lifted = RuleSet(
+        tuple(
+            LoadedRule(loaded.rule.model_copy(update={"match": Match()}), loaded.source)
+            for loaded in chosen.rules
+        ),
+        "test",
+    )
+    store = RuleStore(QuirkSnapshot(lifted, FingerprintSet.packaged()))
+    config = ProxyConfig.model_validate(
+        {"listen": ["127.0.0.1:0"], "upstream": {"address": f"127.0.0.1:{upstream_port}"}}
+    )
+
+    def observe(event: object) -> None:
+        if isinstance(event, ev.RuleApplied):
+            fired.append(event.rule_id)
+
+    with running_proxy(config, observer=observe, rules=store) as running:
+        yield running
