@@ -3,7 +3,7 @@
 How this works: it starts one proxy process (bench.services) in front of the shared
 Dovecot on 14143 (or a private one), attaches `py-spy record` to that pid, runs a workload
 against the proxy from this process (`small`: NOOP/SELECT/FETCH FLAGS round trips;
-`logins`: sequential logins; `fetch`: large-body FETCH), stops py-spy, and prints the
+`logins`: sequential logins; `fetch`: large-body FETCH; `mixed`: the mixed workload's 8 concurrent clients), stops py-spy, and prints the
 hottest functions by own time and by total time from py-spy's raw (collapsed) output.
 The raw file is kept for a closer look (e.g. flamegraph.pl or speedscope).
 py-spy is not a project dependency: `pip install py-spy`.
@@ -52,7 +52,7 @@ def hot_spots(collapsed: Path, top: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
-    parser.add_argument("--workload", choices=("small", "logins", "fetch"), default="small")
+    parser.add_argument("--workload", choices=("small", "logins", "fetch", "mixed"), default="small")
     parser.add_argument("--seconds", type=float, default=20.0, help="workload time limit")
     parser.add_argument("--proxy-src", type=Path, default=REPO_ROOT)
     parser.add_argument("--out", type=Path, default=Path("/tmp/imap-proxy-profile"))
@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         assert proxy.pid is not None
         workloads.prepare_mailbox(direct, "user2", "bench-small", 50, 3000)
         fetch_box = "bench-fetch-20x10000000"
+        if args.workload == "mixed":
+            for index in range(8):
+                workloads.prepare_mailbox(direct, f"user{index + 1}", "bench-mixed", 100, 4000)
         if args.workload == "fetch":
             workloads.prepare_mailbox(direct, "user1", fetch_box, 20, 10_000_000)
         raw = args.out / f"{args.workload}.txt"
@@ -97,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
             workloads.small_commands(proxy, "user2", "bench-small", 1_000_000, args.seconds)
         elif args.workload == "logins":
             workloads.sequential_logins(proxy, 1_000_000, args.seconds)
+        elif args.workload == "mixed":
+            while time.monotonic() < deadline:
+                workloads.mixed(proxy, 8, 300, "bench-mixed", seed=1, time_limit=args.seconds)
         else:
             while time.monotonic() < deadline:
                 workloads.fetch_throughput(proxy, "user1", fetch_box)

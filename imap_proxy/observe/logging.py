@@ -21,6 +21,7 @@ short stable hash of it when `log.hash_user` is on.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
@@ -61,6 +62,7 @@ _SECRET_STEMS = (
 _WORD_SPLIT = re.compile(r"[_\-.\s]+|(?<=[a-z0-9])(?=[A-Z])")
 
 
+@functools.lru_cache(maxsize=1024)  # log keys are few; every event asks for each of them
 def is_secret_key(key: str) -> bool:
     lowered = key.lower()
     if any(stem in lowered for stem in _SECRET_STEMS):

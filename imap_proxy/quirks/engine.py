@@ -5,7 +5,8 @@ How this works: `SessionRules` is built for one session from a `RuleSet` and a
 capabilities and greeting, listener, and what LIST responses taught about mailboxes).
 `refresh()` re-evaluates every enabled rule's `match` against the view and keeps the
 actions of those that hold, in priority order; the session calls it whenever a fact
-changes, so a rule applies from the moment its match holds. The hooks are:
+changes, so a rule applies from the moment its match holds (when nothing a match reads
+has changed, a refresh keeps what it has). The hooks are:
 
 * `capabilities(caps)`      - shape the capability list clients see;
 * `held_commands`           - verbs an action wants to see whole (the session holds them);
@@ -83,9 +84,29 @@ class SessionView:
         default_factory=lambda: _no_commands
     )
 
+    # upstream_capabilities uppercased, for the list it was made from (the session
+    # replaces the list when the capabilities change; it never edits it in place).
+    _upper: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
+    _upper_of: list[str] | None = field(default=None, repr=False, compare=False)
+
     def has_upstream(self, capability: str) -> bool:
-        wanted = capability.upper()
-        return any(cap.upper() == wanted for cap in self.upstream_capabilities)
+        caps = self.upstream_capabilities
+        if caps is not self._upper_of:
+            self._upper = frozenset(cap.upper() for cap in caps)
+            self._upper_of = caps
+        return capability.upper() in self._upper
+
+    def match_inputs(self) -> tuple[object, ...]:
+        """Everything `matches()` reads: the same inputs give the same active rules."""
+        return (
+            self.family,
+            self.confidence,
+            self.listener,
+            self.first_tag,
+            self.greeting,
+            tuple(self.upstream_capabilities),
+            None if self.id_params is None else tuple(self.id_params),
+        )
 
     def learn_list(self, data: ListData) -> None:
         """Remember a LIST line: the delimiter and the mailbox's attributes."""
@@ -184,6 +205,7 @@ class SessionRules:
         self.observed_kinds: frozenset[str] = frozenset()
         self.watches_tagged = False
         self.maps_tags = False
+        self._inputs: tuple[object, ...] | None = None
         self.refresh()
 
     @property
@@ -191,6 +213,10 @@ class SessionRules:
         return list(dict.fromkeys(action.rule_id for action in self.active))
 
     def refresh(self) -> None:
+        inputs = self.view.match_inputs()
+        if inputs == self._inputs:
+            return  # nothing a match reads has changed since the last refresh
+        self._inputs = inputs
         active: list[Action] = []
         ids: list[str] = []
         for rule in self._rules:

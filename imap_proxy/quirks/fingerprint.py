@@ -51,6 +51,7 @@ from imap_proxy.quirks.fingerprint_signals import (
     FingerprintFile,
     IdField,
     Observations,
+    Outcome,
     SeenCommand,
     Signal,
     bounded_text,
@@ -59,6 +60,7 @@ from imap_proxy.quirks.fingerprint_signals import (
 
 PACKAGED_FILE = "fingerprints.yaml"
 UNKNOWN_FAMILY = "unknown"
+DECISIONS_REMEMBERED = 2048  # per definitions set; an entry is a few hundred bytes
 MAX_EVIDENCE = 14
 _MECHANISM = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 _LITERAL_AT_END = re.compile(r"(~?)\{(\d+)([+-]?)\}$")
@@ -76,11 +78,7 @@ class ClientProfile:
     @property
     def confidence_bucket(self) -> str:
         """A bounded metric label: "high" (>= 0.8), "medium" (>= 0.5) or "low"."""
-        if self.confidence >= 0.8:
-            return "high"
-        if self.confidence >= 0.5:
-            return "medium"
-        return "low"
+        return _bucket(self.confidence)
 
     def describe(self) -> str:
         """Human-readable, for the CLI: family, version, confidence, then the evidence."""
@@ -112,6 +110,9 @@ class FingerprintSet:
         self.scored: tuple[FamilyDefinition, ...] = tuple(
             f for f in definitions.families if f.family != UNKNOWN_FAMILY
         )
+        # What the scoring decided for each observation sessions showed, oldest first:
+        # the decision is a function of the observations alone (see Fingerprinter).
+        self.decisions: dict[tuple[object, ...], _Decision] = {}
 
     @classmethod
     def load(cls, path: Path) -> FingerprintSet:
@@ -243,8 +244,26 @@ def profile_from_transcript(
 class _Score:
     family: FamilyDefinition
     score: float
-    held: tuple[str, ...]
-    against: tuple[str, ...]
+    held: tuple[Outcome, ...]
+    against: tuple[Outcome, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Decision:
+    """What the scoring decided, without the scores or any evidence text (small: it is
+    what a session keeps, and what `FingerprintSet` remembers per observation)."""
+
+    family: str
+    version: str | None
+    confidence: float
+    below_minimum: bool = False
+
+    @property
+    def key(self) -> tuple[str, str | None, str]:
+        return (self.family, self.version, _bucket(self.confidence))
+
+
+_UNKNOWN_DECISION = _Decision(UNKNOWN_FAMILY, None, 0.0)
 
 
 class Fingerprinter:
@@ -254,11 +273,18 @@ class Fingerprinter:
         self, definitions: FingerprintSet, *, listener: str = "imap", sni: str | None = None
     ) -> None:
         self.definitions = definitions
-        self.profile: ClientProfile = UNKNOWN
         self.settled = False
         self._settings = definitions.definitions
         self._seen = Observations(listener=bounded_text(listener.encode(), 40), sni=_sni(sni))
-        self._key = _key(UNKNOWN)
+        self._decision = _UNKNOWN_DECISION
+        self._profile: ClientProfile | None = UNKNOWN
+
+    @property
+    def profile(self) -> ClientProfile:
+        """The best guess so far, with its evidence (made on first use after a change)."""
+        if self._profile is None:
+            self._profile = self._explain()
+        return self._profile
 
     def observe_command(
         self, tag: bytes, verb: bytes, line: bytes, *, authenticated: bool
@@ -308,51 +334,78 @@ class Fingerprinter:
     # --- scoring ---------------------------------------------------------------------
 
     def _update(self) -> ClientProfile | None:
-        self.profile = self._best()
+        # This runs after every command until settled, so it makes no evidence text and,
+        # for observations some session already had (clients repeat themselves), reuses
+        # that decision. The evidence is made when the profile changes or is read.
+        before = self._decision.key
+        self._decision = decision = self._decide()
+        self._profile = None
         seen = self._seen
         if len(seen.commands) >= self._settings.settle_after_commands or (
-            seen.id_seen and self.profile.confidence_bucket == "high"
+            seen.id_seen and decision.key[2] == "high"
         ):
             self.settled = True
-        key = _key(self.profile)
-        if key == self._key:
+        if decision.key == before:
             return None
-        self._key = key
         return self.profile
 
-    def _best(self) -> ClientProfile:
-        scores = sorted(
+    def _decide(self) -> _Decision:
+        remembered = self.definitions.decisions
+        key = self._seen.snapshot()
+        decision = remembered.get(key)
+        if decision is None:
+            decision = self._decision_of(self._rank())
+            if len(remembered) >= DECISIONS_REMEMBERED:
+                del remembered[next(iter(remembered))]  # the oldest
+            remembered[key] = decision
+        return decision
+
+    def _rank(self) -> list[_Score]:
+        return sorted(
             (self._score(family) for family in self.definitions.scored),
             key=lambda s: -s.score,  # stable: ties keep file order
         )
-        if not scores or scores[0].score <= 0:
-            return UNKNOWN
-        best = scores[0]
-        second = scores[1].score if len(scores) > 1 else 0.0
+
+    def _decision_of(self, ranked: list[_Score]) -> _Decision:
+        if not ranked or ranked[0].score <= 0:
+            return _UNKNOWN_DECISION
+        best = ranked[0]
+        second = ranked[1].score if len(ranked) > 1 else 0.0
         settings = self._settings
         ratio = second / best.score
         confidence = best.score * (
             1 - settings.ambiguity_weight * ratio**settings.ambiguity_exponent
         )
         confidence = round(max(0.0, min(1.0, confidence)), 3)
-        evidence = list(best.held) + [f"against: {text}" for text in best.against]
-        if ratio >= 0.5:
-            others = ", ".join(f"{s.family.family} {s.score:.2f}" for s in scores[1:4] if s.score)
-            evidence.append(f"also fits: {others}")
         if confidence < settings.minimum_confidence:
-            hint = f"best guess {best.family.family} at {confidence:.2f}, below "
+            return _Decision(UNKNOWN_FAMILY, None, confidence, below_minimum=True)
+        return _Decision(best.family.family, self._version(best.family), confidence)
+
+    def _explain(self) -> ClientProfile:
+        """The profile with its evidence: the families scored again, with their texts."""
+        ranked = self._rank()
+        decision = self._decision_of(ranked)
+        if decision is _UNKNOWN_DECISION:
+            return UNKNOWN
+        best = ranked[0]
+        evidence = [o.detail for o in best.held] + [f"against: {o.detail}" for o in best.against]
+        if len(ranked) > 1 and ranked[1].score / best.score >= 0.5:
+            others = ", ".join(f"{s.family.family} {s.score:.2f}" for s in ranked[1:4] if s.score)
+            evidence.append(f"also fits: {others}")
+        if decision.below_minimum:
+            settings = self._settings
+            hint = f"best guess {best.family.family} at {decision.confidence:.2f}, below "
             hint += f"{settings.minimum_confidence:.2f}"
             return ClientProfile(UNKNOWN_FAMILY, None, 0.0, (hint, *evidence[: MAX_EVIDENCE - 1]))
-        version = self._version(best.family)
         return ClientProfile(
-            best.family.family, version, confidence, tuple(evidence[:MAX_EVIDENCE])
+            decision.family, decision.version, decision.confidence, tuple(evidence[:MAX_EVIDENCE])
         )
 
     def _score(self, family: FamilyDefinition) -> _Score:
         keep = 1.0
         factor = 1.0
-        held: list[str] = []
-        against: list[str] = []
+        held: list[Outcome] = []
+        against: list[Outcome] = []
         for signal in family.signals:
             outcome = signal.check(self._seen)
             if outcome is None:
@@ -360,12 +413,12 @@ class Fingerprinter:
             if outcome.holds:
                 keep *= 1 - signal.weight
                 if signal.weight > 0:
-                    held.append(outcome.detail)
+                    held.append(outcome)
             else:
                 penalty = _penalty(signal)
                 factor *= 1 - penalty
                 if penalty > 0:
-                    against.append(outcome.detail)
+                    against.append(outcome)
         score = min(family.max_confidence, (1 - keep) * factor)
         return _Score(family, score, tuple(held), tuple(against))
 
@@ -392,8 +445,12 @@ def _penalty(signal: Signal) -> float:
     return 1.0 if signal.require else signal.penalty
 
 
-def _key(profile: ClientProfile) -> tuple[str, str | None, str]:
-    return (profile.family, profile.version, profile.confidence_bucket)
+def _bucket(confidence: float) -> str:
+    if confidence >= 0.8:
+        return "high"
+    if confidence >= 0.5:
+        return "medium"
+    return "low"
 
 
 def _sni(sni: str | None) -> str | None:

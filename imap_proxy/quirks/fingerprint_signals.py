@@ -3,8 +3,9 @@
 How this works: each signal is a small pydantic model told apart by its `kind`, with a
 `weight` (how much it says for the family when it holds), a `penalty` (how much it says
 against when it is known false) and `require` (known false excludes the family). Its
-`check(observations)` answers held (`Outcome(True, detail)`), failed (`Outcome(False,
-detail)`) or unknown (None: not enough seen yet); `detail` is the human-readable evidence.
+`check(observations)` answers held (`Outcome(True, describe)`), failed (`Outcome(False,
+describe)`) or unknown (None: not enough seen yet); `describe()` makes the human-readable
+evidence, only when a profile's evidence is wanted.
 `Observations` is what one session has shown so far (tags, command shapes, when it
 authenticated, the ID fields); quirks/fingerprint.py fills it and combines the outcomes.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import functools
 import itertools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
@@ -83,14 +85,51 @@ class Observations:
     id_at: int = 0
     id_fields: dict[str, str] | None = None  # None: `ID NIL` (or no ID yet)
 
+    def snapshot(self) -> tuple[object, ...]:
+        """Everything seen, hashable: equal snapshots score alike."""
+        fields = None if self.id_fields is None else tuple(self.id_fields.items())
+        return (
+            self.listener,
+            self.sni,
+            tuple(self.tags),
+            tuple(self.commands),
+            self.auth_at,
+            self.login_attempts,
+            self.id_seen,
+            self.id_authenticated,
+            self.id_at,
+            fields,
+        )
+
     def after_auth(self) -> list[SeenCommand] | None:
         return None if self.auth_at is None else self.commands[self.auth_at :]
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
+    """A signal's answer; `describe()` gives the evidence text. It is built only when asked
+    for (a profile's evidence), never while scoring: scoring runs after every command."""
+
     holds: bool
-    detail: str
+    describe: Callable[[], str]
+
+    @property
+    def detail(self) -> str:
+        return self.describe()
+
+
+def _quoted(template: str, *texts: str, **plain: object) -> Callable[[], str]:
+    """Evidence made later: `template` (a literal) formatted with `texts` quoted and
+    `plain` as they are (a pattern may hold braces: it is a value, never the template)."""
+    return functools.partial(_fill_quoted, template, texts, plain)
+
+
+def _fill_quoted(template: str, texts: tuple[str, ...], plain: dict[str, object]) -> str:
+    return template.format(*map(_quote, texts), **plain)
+
+
+def _after_login(position: int) -> str:
+    return "right after login" if position == 1 else f"{position} commands after login"
 
 
 # --- signals ----------------------------------------------------------------------------
@@ -117,7 +156,7 @@ class FirstTag(_SignalBase):
             return None
         held = regex(self.pattern).search(seen.tags[0]) is not None
         verb = "matches" if held else "does not match"
-        return Outcome(held, f"first tag {_quote(seen.tags[0])} {verb} {self.pattern}")
+        return Outcome(held, lambda: f"first tag {_quote(seen.tags[0])} {verb} {self.pattern}")
 
 
 class TagStart(_SignalBase):
@@ -132,11 +171,15 @@ class TagStart(_SignalBase):
             return None
         found = _TAG_NUMBER.match(seen.tags[0])
         if found is None:
-            return Outcome(False, f"first tag {_quote(seen.tags[0])} does not end in a number")
+            return Outcome(
+                False, lambda: f"first tag {_quote(seen.tags[0])} does not end in a number"
+            )
         number = int(found.group(2))
         held = number >= self.min and (self.max is None or number <= self.max)
         span = f"{self.min}..{self.max}" if self.max is not None else f">= {self.min}"
-        return Outcome(held, f"tag numbers start at {number} ({'' if held else 'not '}{span})")
+        return Outcome(
+            held, lambda: f"tag numbers start at {number} ({'' if held else 'not '}{span})"
+        )
 
 
 class TagProgression(_SignalBase):
@@ -153,23 +196,27 @@ class TagProgression(_SignalBase):
             return self._increment(tags)
         parts = [_LETTERS_NUMBER.match(tag) for tag in tags]
         if any(part is None for part in parts):
-            return Outcome(False, "tags are not all letters+number")
+            return Outcome(False, lambda: "tags are not all letters+number")
         prefixes = list(dict.fromkeys(part.group(1) for part in parts if part is not None))
         if len(prefixes) >= 2:
-            return Outcome(True, f"tag letter prefixes interleave: {', '.join(prefixes[:5])}")
+            return Outcome(
+                True, lambda: f"tag letter prefixes interleave: {', '.join(prefixes[:5])}"
+            )
         if len(tags) >= self.min_tags:
-            return Outcome(False, f"{len(tags)} tags share one prefix")
+            return Outcome(False, lambda: f"{len(tags)} tags share one prefix")
         return None
 
     def _increment(self, tags: list[str]) -> Outcome | None:
         for before, after in itertools.pairwise(tags):
             a, b = _TAG_NUMBER.match(before), _TAG_NUMBER.match(after)
             if a is None or b is None or a.group(1) != b.group(1):
-                return Outcome(False, f"tag {_quote(after)} does not follow {_quote(before)}")
+                return Outcome(False, _quoted("tag {} does not follow {}", after, before))
             if int(b.group(2)) != int(a.group(2)) + 1:
-                return Outcome(False, f"tag {_quote(after)} is not {_quote(before)} + 1")
+                return Outcome(False, _quoted("tag {} is not {} + 1", after, before))
         if len(tags) >= self.min_tags:
-            return Outcome(True, f"tags count up by one: {', '.join(map(_quote, tags[:4]))}")
+            return Outcome(
+                True, lambda: f"tags count up by one: {', '.join(map(_quote, tags[:4]))}"
+            )
         return None
 
 
@@ -186,10 +233,13 @@ class VerbCase(_SignalBase):
         if not considered:
             return None
         wrong = [v for v in considered if v != (v.lower() if self.case == "lower" else v.upper())]
-        shown = ", ".join(dict.fromkeys(wrong or considered))
+
+        def shown() -> str:
+            return ", ".join(dict.fromkeys(wrong or considered))
+
         if wrong:
-            return Outcome(False, f"verbs not {self.case}case: {shown}")
-        return Outcome(True, f"verbs {self.case}case: {shown}")
+            return Outcome(False, lambda: f"verbs not {self.case}case: {shown()}")
+        return Outcome(True, lambda: f"verbs {self.case}case: {shown()}")
 
 
 class FirstCommands(_SignalBase):
@@ -210,10 +260,15 @@ class FirstCommands(_SignalBase):
             if index >= len(commands):
                 return None
             if regex(pattern).search(commands[index].shape) is None:
-                shape = _quote(commands[index].shape)
-                return Outcome(False, f"command {index + 1} {shape} does not match {pattern}")
-        shapes = ", ".join(_quote(c.shape) for c in commands[: len(self.sequence)])
-        return Outcome(True, f"first commands in order: {shapes}")
+                shape = commands[index].shape
+                return Outcome(
+                    False,
+                    _quoted("command {n} {} does not match {p}", shape, n=index + 1, p=pattern),
+                )
+        first = commands[: len(self.sequence)]
+        return Outcome(
+            True, lambda: f"first commands in order: {', '.join(_quote(c.shape) for c in first)}"
+        )
 
 
 class CommandSeen(_SignalBase):
@@ -227,9 +282,11 @@ class CommandSeen(_SignalBase):
     def check(self, seen: Observations) -> Outcome | None:
         for command in seen.commands[: self.within]:
             if regex(self.pattern).search(command.shape):
-                return Outcome(True, f"command {_quote(command.shape)} matches {self.pattern}")
+                return Outcome(
+                    True, _quoted("command {} matches {p}", command.shape, p=self.pattern)
+                )
         if len(seen.commands) >= self.within:
-            return Outcome(False, f"no command matching {self.pattern}")
+            return Outcome(False, lambda: f"no command matching {self.pattern}")
         return None
 
 
@@ -247,11 +304,17 @@ class AfterLogin(_SignalBase):
             return None
         for position, command in enumerate(after[: self.within], start=1):
             if regex(self.pattern).search(command.shape):
-                where = "right after login" if position == 1 else f"{position} commands after login"
-                return Outcome(True, f"{_quote(command.shape)} {where}")
+                return Outcome(
+                    True, _quoted("{} {where}", command.shape, where=_after_login(position))
+                )
         if len(after) >= self.within:
-            shapes = ", ".join(_quote(c.shape) for c in after[: self.within])
-            return Outcome(False, f"after login {shapes}, not {self.pattern}")
+            window = after[: self.within]
+            return Outcome(
+                False,
+                lambda: (
+                    f"after login {', '.join(_quote(c.shape) for c in window)}, not {self.pattern}"
+                ),
+            )
         return None
 
 
@@ -274,13 +337,15 @@ class AfterCommand(_SignalBase):
             window = commands[index + 1 : index + 1 + self.within]
             for follower in window:
                 if regex(self.pattern).search(follower.shape):
-                    detail = f"{_quote(follower.shape)} follows {_quote(command.shape)}"
-                    return Outcome(True, detail)
+                    return Outcome(
+                        True,
+                        _quoted("{} follows {}", follower.shape, command.shape),
+                    )
             if not triggered:
                 first_window_done = len(window) >= self.within
             triggered = True
         if first_window_done:
-            return Outcome(False, f"nothing matching {self.pattern} after {self.after}")
+            return Outcome(False, lambda: f"nothing matching {self.pattern} after {self.after}")
         return None
 
 
@@ -298,14 +363,15 @@ class IdTiming(_SignalBase):
         if seen.id_seen:
             when = "after" if seen.id_authenticated else "before"
             if self.when == "never":
-                return Outcome(False, f"ID sent {when} authentication")
+                return Outcome(False, lambda: f"ID sent {when} authentication")
             held = (self.when == "pre_auth") != seen.id_authenticated
-            return Outcome(held, f"ID sent {when} authentication")
+            return Outcome(held, lambda: f"ID sent {when} authentication")
         if self.when == "pre_auth" and after is not None:
-            return Outcome(False, "no ID before authentication")
+            return Outcome(False, lambda: "no ID before authentication")
         if no_id_yet:
-            detail = f"no ID within {self.grace} commands after login"
-            return Outcome(self.when == "never", detail)
+            return Outcome(
+                self.when == "never", lambda: f"no ID within {self.grace} commands after login"
+            )
         return None
 
 
@@ -329,13 +395,13 @@ class IdField(_SignalBase):
         if not seen.id_seen:
             return None
         if seen.id_fields is None:
-            return Outcome(False, "ID NIL")
+            return Outcome(False, lambda: "ID NIL")
         value = seen.id_fields.get(self.field.lower())
         if value is None:
-            return Outcome(False, f"ID has no {self.field!r} field")
+            return Outcome(False, lambda: f"ID has no {self.field!r} field")
         held = regex(self.pattern).search(value) is not None
         verb = "matches" if held else "does not match"
-        return Outcome(held, f"ID {self.field} {_quote(value)} {verb} {self.pattern}")
+        return Outcome(held, lambda: f"ID {self.field} {_quote(value)} {verb} {self.pattern}")
 
 
 class ListenerName(_SignalBase):
@@ -348,7 +414,7 @@ class ListenerName(_SignalBase):
     def check(self, seen: Observations) -> Outcome | None:
         held = regex(self.pattern).search(seen.listener) is not None
         verb = "matches" if held else "does not match"
-        return Outcome(held, f"listener {_quote(seen.listener)} {verb} {self.pattern}")
+        return Outcome(held, lambda: f"listener {_quote(seen.listener)} {verb} {self.pattern}")
 
 
 class Sni(_SignalBase):
@@ -359,11 +425,12 @@ class Sni(_SignalBase):
     _check_pattern = field_validator("pattern")(_valid_regex)
 
     def check(self, seen: Observations) -> Outcome | None:
-        if seen.sni is None:
+        sni = seen.sni
+        if sni is None:
             return None
-        held = regex(self.pattern).search(seen.sni) is not None
+        held = regex(self.pattern).search(sni) is not None
         verb = "matches" if held else "does not match"
-        return Outcome(held, f"TLS SNI {_quote(seen.sni)} {verb} {self.pattern}")
+        return Outcome(held, lambda: f"TLS SNI {_quote(sni)} {verb} {self.pattern}")
 
 
 Signal = Annotated[

@@ -22,6 +22,7 @@ from imapclient import IMAPClient
 
 from imap_proxy.config import ProxyConfig
 from imap_proxy.quirks.fingerprint import (
+    DECISIONS_REMEMBERED,
     UNKNOWN,
     ClientProfile,
     Fingerprinter,
@@ -444,6 +445,51 @@ def test_random_observations_never_raise_and_give_a_valid_profile(
         assert (profile.family == "unknown") == (profile.confidence == 0.0)
         assert all(isinstance(line, str) for line in profile.evidence)
     assert commands < PACKAGED.definitions.settle_after_commands or fp.settled
+
+
+def _replay(fp: Fingerprinter, actions: list[tuple[object, ...]]) -> list[object]:
+    """Each step's report and profile (with evidence), for comparing two fingerprinters."""
+    results: list[object] = []
+    for action in actions:
+        if action[0] == "command":
+            _, tag, verb, rest, authenticated = action
+            assert isinstance(tag, bytes) and isinstance(verb, bytes) and isinstance(rest, bytes)
+            line = tag + b" " + verb + b" " + rest + b"\r\n"
+            result = fp.observe_command(tag, verb, line, authenticated=bool(authenticated))
+        elif action[0] == "id":
+            result = fp.observe_id(action[1], authenticated=bool(action[2]))  # type: ignore[arg-type]
+        else:
+            result = fp.observe_authenticated()
+        results += [result, fp.profile, fp.settled]
+    return results
+
+
+@settings(max_examples=100, deadline=None)
+@given(actions=ACTIONS)
+def test_remembered_decisions_give_what_fresh_scoring_gives(
+    actions: list[tuple[object, ...]],
+) -> None:
+    # A definitions set remembers each observation's decision for later sessions; a
+    # session replaying what an earlier one did must get exactly the same reports.
+    definitions = FingerprintSet(PACKAGED.definitions)
+    fresh = _replay(Fingerprinter(definitions), actions)
+    remembered = len(definitions.decisions)
+    assert _replay(Fingerprinter(definitions), actions) == fresh
+    assert len(definitions.decisions) == remembered  # every step came from memory
+    assert _replay(Fingerprinter(FingerprintSet(PACKAGED.definitions)), actions) == fresh
+
+
+def test_remembered_decisions_are_bounded() -> None:
+    definitions = FingerprintSet(PACKAGED.definitions)
+    for n in range(DECISIONS_REMEMBERED + 50):
+        tag = b"t%d" % n
+        Fingerprinter(definitions).observe_command(
+            tag, b"NOOP", tag + b" NOOP\r\n", authenticated=False
+        )
+    assert len(definitions.decisions) == DECISIONS_REMEMBERED
+    # The oldest went first: the first tags' observations are no longer remembered.
+    remembered_tags = {key[2] for key in definitions.decisions}
+    assert ("t0",) not in remembered_tags and ("t2097",) in remembered_tags
 
 
 # --- live: real clients through the real proxy against Dovecot --------------------------
