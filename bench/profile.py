@@ -52,7 +52,9 @@ def hot_spots(collapsed: Path, top: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
-    parser.add_argument("--workload", choices=("small", "logins", "fetch", "mixed"), default="small")
+    parser.add_argument(
+        "--workload", choices=("small", "logins", "fetch", "mixed"), default="small"
+    )
     parser.add_argument("--seconds", type=float, default=20.0, help="workload time limit")
     parser.add_argument("--proxy-src", type=Path, default=REPO_ROOT)
     parser.add_argument("--out", type=Path, default=Path("/tmp/imap-proxy-profile"))

@@ -22,6 +22,8 @@ PROXY: Final = "proxy"
 DIRECT: Final = "direct"
 NGINX: Final = "nginx"
 NO_RULES: Final = "proxy-norules"
+SPARES: Final = "proxy-spares"  # upstream.spare_connections on (logins only)
+SPARE_COUNT: Final = 4
 IDLE_TARGET_SESSIONS: Final = 10_000
 
 
@@ -204,6 +206,15 @@ def check_targets(results: Results) -> list[TargetCheck]:
             _verdict(None if logins is None else logins >= 0.9, "no login figures"),
         )
     )
+    spared = ratio(results, "logins", "per_sec", SPARES, DIRECT)
+    if spared is not None:
+        checks.append(
+            TargetCheck(
+                f"  the same with upstream.spare_connections: {SPARE_COUNT}",
+                format_ratio(spared),
+                _verdict(spared >= 0.9, "no login figures"),
+            )
+        )
     checks.append(_idle_check(results))
     on = figure(results, "rules", PROXY, "ops_per_sec_median")
     off = figure(results, "rules", NO_RULES, "ops_per_sec_median")

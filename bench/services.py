@@ -203,11 +203,19 @@ def _spawn(name: str, argv: list[str], log_path: Path, *, source: Path = REPO_RO
 
 
 def proxy_config_text(
-    port: int, upstream_port: int, *, max_connections: int, rules_dir: Path | None
+    port: int,
+    upstream_port: int,
+    *,
+    max_connections: int,
+    rules_dir: Path | None,
+    spare_connections: int = 0,
 ) -> str:
+    upstream: dict[str, object] = {"address": f"{HOST}:{upstream_port}"}
+    if spare_connections:
+        upstream["spare_connections"] = spare_connections
     config: dict[str, object] = {
         "listen": [f"{HOST}:{port}"],
-        "upstream": {"address": f"{HOST}:{upstream_port}"},
+        "upstream": upstream,
         "limits": {"max_connections": max_connections},
         "log": {"format": "json", "level": "info"},
     }
@@ -324,13 +332,23 @@ class Services(contextlib.ExitStack):
 
     # -- our processes ------------------------------------------------------------
     def proxy(
-        self, name: str, upstream_port: int, *, max_connections: int, rules_dir: Path | None = None
+        self,
+        name: str,
+        upstream_port: int,
+        *,
+        max_connections: int,
+        rules_dir: Path | None = None,
+        spare_connections: int = 0,
     ) -> Target:
         port = free_port()
         config_path = self.run_dir / f"{name}.yaml"
         config_path.write_text(
             proxy_config_text(
-                port, upstream_port, max_connections=max_connections, rules_dir=rules_dir
+                port,
+                upstream_port,
+                max_connections=max_connections,
+                rules_dir=rules_dir,
+                spare_connections=spare_connections,
             )
         )
         argv = [sys.executable, "-m", "imap_proxy", "run", "--config", str(config_path)]

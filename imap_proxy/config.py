@@ -123,6 +123,19 @@ class UpstreamConfig(_Strict):
         default=None, description="SNI and the name checked in its certificate (default: host)"
     )
     connect_timeout: float = Field(default=10.0, gt=0, description="seconds")
+    spare_connections: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="connections kept open and greeted ahead of clients, so a login does not "
+        "wait for the upstream's connect (0: off); refilled only while clients connect",
+    )
+    spare_max_age: float = Field(
+        default=20.0,
+        gt=0,
+        description="seconds a spare may wait unused (keep it below the upstream's pre-login "
+        "timeout; Dovecot's is 180)",
+    )
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -297,4 +310,9 @@ class ProxyConfig(_Strict):
             raise ValueError("listen_tls needs tls.cert and tls.key")
         if not self.listen and not self.listen_tls:
             raise ValueError("at least one of listen / listen_tls is needed")
+        if self.upstream.spare_connections and self.proxy_protocol.send_upstream:
+            raise ValueError(
+                "upstream.spare_connections cannot be used with proxy_protocol.send_upstream "
+                "(a spare is opened before its client's address is known)"
+            )
         return self

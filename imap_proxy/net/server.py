@@ -37,6 +37,9 @@ session observations of different connections can be told apart. `metrics_listen
 serves /metrics, /healthz and /readyz (observe/http.py: checks in `ready_checks`, the
 upstream probe and "draining" among them) from the connections nursery, until the end.
 
+Spare upstream connections (`upstream.spare_connections`): the dialer is a
+`SpareConnections` (spares.py), whose refill task runs in the connections nursery.
+
 Drain (SIGTERM when running in the main thread, or `ServerHandle.drain()`): stop
 accepting and close the listeners, call `shutdown()` on every connection (the session
 says BYE at once to idle clients, after the command in flight to busy ones), wait until
@@ -73,6 +76,7 @@ from imap_proxy.net.proxy_protocol import (
     ProxyHeaderRefused,
     ProxyProtocolPolicy,
 )
+from imap_proxy.net.spares import SpareConnections
 from imap_proxy.net.timers import Timers
 from imap_proxy.net.tls import server_ssl_context
 from imap_proxy.net.upstream import Dialer, UpstreamDialer
@@ -204,11 +208,18 @@ class _Server:
         self.proxy_protocol = ProxyProtocolPolicy(config.proxy_protocol)
         # A caller's own dialer (tests) is used as it is; only ours sends PROXY headers.
         self.dialer: Dialer
+        self.spares: SpareConnections | None = None
         if dialer is None:
             default_dialer = UpstreamDialer(config.upstream)
             self.dialer = default_dialer
             self.upstream_ssl = default_dialer.ssl_context
             self.send_proxy_header = self.proxy_protocol.send_upstream
+            up = config.upstream
+            if up.spare_connections and not self.send_proxy_header:
+                self.spares = SpareConnections(
+                    default_dialer, up.spare_connections, up.spare_max_age
+                )
+                self.dialer = self.spares
         else:
             self.dialer = dialer
             self.upstream_ssl = None
@@ -481,6 +492,8 @@ async def serve(
     try:
         async with trio.open_nursery() as connections:
             connections.start_soon(server.timers.run)
+            if server.spares is not None:
+                connections.start_soon(server.spares.run)
             if config.metrics_listen is not None and metrics is not None:
                 handle.metrics_port = await connections.start(
                     serve_proxy_observability, config, metrics, handle.ready_checks

@@ -59,6 +59,9 @@ def _no_commands() -> list[tuple[bytes, str]]:
     return []
 
 
+MATCHES_REMEMBERED = 1024  # per rule set: match inputs -> the rules that match
+
+
 @dataclass
 class SessionView:
     """Facts about one session that rules match on and actions read; the session owns it."""
@@ -217,16 +220,24 @@ class SessionRules:
         if inputs == self._inputs:
             return  # nothing a match reads has changed since the last refresh
         self._inputs = inputs
+        # Which rules match is a function of the inputs: sessions of this rule set share
+        # the answers (bounded: first tags and ID fields come from clients).
+        remembered: dict[tuple[object, ...], tuple[Rule, ...]] = self._cache.setdefault(
+            "matches", {}
+        )
+        matching = remembered.get(inputs)
+        if matching is None:
+            matching = tuple(rule for rule in self._rules if matches(rule.match, self.view))
+            if len(remembered) >= MATCHES_REMEMBERED:
+                del remembered[next(iter(remembered))]  # the oldest
+            remembered[inputs] = matching
         active: list[Action] = []
-        ids: list[str] = []
-        for rule in self._rules:
-            if matches(rule.match, self.view):
-                if rule.id not in self._built:
-                    self._built[rule.id] = self._actions_of(rule)
-                active += self._built[rule.id]
-                ids.append(rule.id)
+        for rule in matching:
+            if rule.id not in self._built:
+                self._built[rule.id] = self._actions_of(rule)
+            active += self._built[rule.id]
         self.active = active
-        key = tuple(ids)
+        key = tuple(rule.id for rule in matching)
         hooks = self._cache.get(key)
         if hooks is None:
             hooks = self._cache[key] = _HookSets.of(active)
