@@ -141,7 +141,7 @@ async def test_the_proxy_serves_a_client_from_a_spare() -> None:
             assert await client.read_line() == b"a2 OK LOGOUT completed\r\n"
             await client.stream.aclose()
             # One spare is topped up after each client: clients 2 and 3 took one each.
-            await _until(lambda n=number: script.connections == n + 2)
+            await _until(functools.partial(lambda n: script.connections == n + 2, number))
         handle.drain()
         with trio.fail_after(5):
             await handle.wait_stopped()
