@@ -21,7 +21,8 @@ has changed, a refresh keeps what it has). The hooks are:
 * `wants_mailbox_list(cmd)` - the session should learn the mailbox list first;
 * `holds()/releases_before()` - hold untagged data until a point it may be delivered;
 * `observed_kinds` / `on_untagged_line(kind, line, whole, running)` - see the first
-  line of an untagged response (a one-line one may be kept back);
+  line of an untagged response (a one-line one may be kept back); `on_untagged_run()`
+  shows a run of one-line responses at once where no action would keep one back;
 * `watches_tagged` / `on_tagged(tag, name, line, lookup)` - act on a tagged completion
   (the first action with an outcome decides it).
 * `ignores_empty_lines()`, `after_login()`, `upstream_tag(tag)` - drop bare CRLF lines,
@@ -381,6 +382,21 @@ class SessionRules:
             if kind in action.observes:
                 kept |= action.on_untagged_line(kind, line, whole and not kept, running)
         return kept
+
+    def on_untagged_run(
+        self, kind: str, run: bytes, running: Callable[[], Collection[str]]
+    ) -> bool:
+        """Show a run of one-line responses of `kind` to the observing actions; False,
+        with nothing shown, when one of them might keep one back (then the session shows
+        them one by one)."""
+        observers = [action for action in self.active if kind in action.observes]
+        if any(action.may_keep_in_run(kind, run) for action in observers):
+            return False
+        if observers:
+            lines = [line + b"\r\n" for line in run.split(b"\r\n")[:-1]]
+            for action in observers:
+                action.on_untagged_run(kind, lines, running)
+        return True
 
     def on_tagged(
         self, tag: bytes, name: str, line: bytes, lookup: list[bytes] | None

@@ -72,12 +72,18 @@ def fetch_first_line(line: bytes) -> tuple[int, int | None] | None:
     return int(head.group(1)), None if found is None else int(found.group(1))
 
 
+def looks_like_stub(data: bytes) -> bool:
+    """Whether any FETCH line in `data` has one of the signs `looks_expunged` checks
+    further (a cheap search, for many lines at once)."""
+    return _STUB_SIGNS.search(data) is not None
+
+
 def looks_expunged(line: bytes) -> bool:
     """True for a one-line FETCH response that has the look of an upstream's own stub for
     an expunged message: a body item that is NIL, RFC822.SIZE 0, an all-NIL ENVELOPE or
     the epoch as INTERNALDATE (Dovecot's 4.1.3 answer). Real data never has the first;
     the others are confirmed by the tagged `[EXPUNGEISSUED]` before anything is changed."""
-    if _STUB_SIGNS.search(line) is None:
+    if not looks_like_stub(line):
         return False
     try:
         response = parse_response(Message.from_line(line))

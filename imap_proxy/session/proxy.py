@@ -19,8 +19,12 @@ proxy must rewrite or answer are held until complete (HOLD), and refused ones ar
 the message) is held only up to that argument (HEAD). When a rule needs the mailbox list
 first, the proxy sends its own `LIST "" "*"` and the command waits for it (learning).
 Upstream responses stream the same way; only lines carrying capabilities are
-rewritten. Output the proxy makes itself is never put in the middle of a message being
-relayed: it waits for the message's end.
+rewritten. A run of one-line FETCH responses (a mailbox sync's flags, by the thousand)
+is taken from the framer and relayed as one piece when nothing needs it line by line:
+no message is open, no command of the proxy's own runs, and the rules let it pass
+(`RuleHooks.pass_run`: the observing rules see every line of it at once). Output the
+proxy makes itself is never put in the middle of a message being relayed: it waits for
+the message's end.
 
 Before the client is greeted the session talks to the upstream alone: optional STARTTLS,
 then a CAPABILITY probe when the greeting did not list capabilities, so the capability
@@ -198,6 +202,8 @@ _BEFORE_GREETING = frozenset(
 _CLAIMABLE = frozenset({"ID", "LIST"})  # untagged kinds an injected command may claim
 _LISTS = frozenset({"LIST", "LSUB", "XLIST"})
 _MAILBOX_SWITCHES = frozenset({"SELECT", "EXAMINE", "CLOSE", "UNSELECT"})
+# A run of one-line FETCH responses: whole CRLF lines, no literal (no `{` at all).
+_FETCH_RUN = re.compile(rb"(?:\* [0-9]{1,10} FETCH [^\r\n{]*\r\n)+")
 _BAD_STARTTLS_NOT_OFFERED = b"BAD STARTTLS is not available on this connection"
 _PRIVACY_REQUIRED = b"NO [PRIVACYREQUIRED] Log in only over TLS: use STARTTLS or the TLS port"
 
@@ -478,6 +484,9 @@ class ProxySession:
         handled = False
         paused = self.upstream_paused if framer is self._upstream else self.client_paused
         while not paused and self._phase is not _Phase.CLOSED:
+            if framer is self._upstream and self._relay_fetch_run():
+                handled = True
+                continue
             try:
                 event = framer.next_event()
             except ProtocolError as error:
@@ -548,6 +557,33 @@ class ProxySession:
             self._relay_response(event)
         else:
             self._pre_greeting_response(event)
+
+    def _relay_fetch_run(self) -> bool:
+        """Relay a run of one-line FETCH responses as one piece (the bulk of a mailbox
+        sync: `* 1 FETCH (FLAGS …)` by the thousand) when nothing needs to see them one by
+        one: no message under way or held, no command of the proxy's own in flight (its
+        untagged data is its own), no IDLE bridge, and the rules let the run pass."""
+        if (
+            self._phase is not _Phase.RELAYING
+            or self._up_held is not None
+            or self._up_continues
+            or self._bridge is not None
+            or self._tracker.has_injected
+        ):
+            return False
+        run = self._upstream.peek_run(_FETCH_RUN)
+        if not run:
+            return False
+        hooks = self.hooks
+        if hooks.rules.watches_untagged and not hooks.pass_run(
+            "FETCH", run, self._tracker.client_names
+        ):
+            return False
+        self._upstream.skip(len(run))
+        self._relaying_response = True
+        self._out.append(ev.SendToClient(run))
+        self._end_client_message()
+        return True
 
     def _upstream_continuation_line(self, part: LinePart) -> None:
         """A line that follows a literal inside one upstream message."""

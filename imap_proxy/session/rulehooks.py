@@ -259,6 +259,16 @@ class RuleHooks:
         `running()` names the client's commands in flight."""
         return self.rules.on_untagged_line(kind, line, whole, running)
 
+    def pass_run(self, kind: str, run: bytes, running: Callable[[], Collection[str]]) -> bool:
+        """Whether a run of one-line untagged responses of `kind` may be relayed whole:
+        nothing is held that must go before them, no rule wants one parsed, and no rule
+        would keep one back (the observing rules have then seen them all)."""
+        if kind in HOLDABLE or (self._held and kind in RELEASE_BEFORE_KINDS):
+            return False
+        if self.wants_response(kind, run):  # line predicates are searches: any line's
+            return False
+        return not self.observes(kind) or self.rules.on_untagged_run(kind, run, running)
+
     def on_tagged(
         self, tag: bytes, name: str, line: bytes, lookup: list[bytes] | None = None
     ) -> tuple[TaggedOutcome | None, list[ev.Event]]:

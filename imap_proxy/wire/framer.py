@@ -12,6 +12,9 @@ events from `next_event()`:
   never buffered whole; `remaining` is how many octets of this literal are still to come.
 * `NEED_DATA` - nothing more can be framed until more bytes are fed.
 
+`peek_run(pattern)` and `skip(n)` let a consumer take a whole run of lines at once (many
+one-line FETCH responses, say) when it has checked that none needs a look of its own.
+
 The consumer pulls events at its own pace, so it can stop pulling (for backpressure, or
 while a synchronizing literal waits for the peer's `+`) and the bytes stay buffered here.
 `cancel_literal()` forgets a synchronizing literal the server refused before any of it
@@ -178,6 +181,26 @@ class Framer:
             return self._next_literal_chunk()
         self._absorb_direct()
         return self._next_line()
+
+    def peek_run(self, run: re.Pattern[bytes]) -> bytes:
+        """The bytes `run` matches at the current position, left buffered (`skip()` them
+        once handled), for a consumer that handles many lines at once; b"" when it does
+        not match or a literal is under way. `run` must match only whole lines ending in
+        CRLF, none announcing a literal; the run is at most `max_line_length` octets, so
+        no line in it is longer than a line may be."""
+        if self._broken is not None or self._literal_remaining:
+            return b""
+        self._absorb_direct()
+        begin = self._start
+        found = run.match(self._buffer, begin, begin + self.limits.max_line_length)
+        if found is None:
+            return b""
+        return bytes(self._buffer[begin : found.end()])
+
+    def skip(self, count: int) -> None:
+        """Consume `count` octets that `peek_run` returned."""
+        self._consume(count)
+        self._scanned = self._start
 
     def _next_literal_chunk(self) -> FrameEvent:
         if self._start < len(self._buffer):

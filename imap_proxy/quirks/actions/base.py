@@ -212,6 +212,20 @@ class Action:
         `running()` names the client's commands in flight (a list: call it only if needed)."""
         return False
 
+    def may_keep_in_run(self, kind: str, run: bytes) -> bool:
+        """Whether `on_untagged_line` might keep back one of a run of one-line responses
+        of `kind` (the bytes of them all). True, the default, has the session show them
+        one by one; False lets it relay the run whole and call `on_untagged_run`."""
+        return True
+
+    def on_untagged_run(
+        self, kind: str, lines: list[bytes], running: Callable[[], Collection[str]]
+    ) -> None:
+        """A run of one-line responses of `kind` (each with its CRLF) that
+        `may_keep_in_run` said it keeps none of: seen as `on_untagged_line` would."""
+        for line in lines:
+            self.on_untagged_line(kind, line, True, running)
+
     def on_tagged(
         self, tag: bytes, name: str, line: bytes, view: SessionView, lookup: list[bytes] | None
     ) -> TaggedOutcome | None:

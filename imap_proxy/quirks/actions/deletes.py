@@ -389,6 +389,9 @@ class ScopeExpunge(Action):
 
     # --- untagged ------------------------------------------------------------------
 
+    def may_keep_in_run(self, kind: str, run: bytes) -> bool:
+        return False  # it only learns from what passes
+
     def on_untagged_line(
         self, kind: str, line: bytes, whole: bool, running: Callable[[], Collection[str]]
     ) -> bool:

@@ -49,7 +49,13 @@ from typing import TYPE_CHECKING
 
 from imap_proxy.quirks.actions.base import Action, LocalAnswer, Rewrite, TaggedOutcome
 from imap_proxy.quirks.model import StubFetchAction
-from imap_proxy.session.mailbox import FetchWatch, MailboxState, fetch_first_line, looks_expunged
+from imap_proxy.session.mailbox import (
+    FetchWatch,
+    MailboxState,
+    fetch_first_line,
+    looks_expunged,
+    looks_like_stub,
+)
 from imap_proxy.wire.command import Command, command_set, parse_fetch
 from imap_proxy.wire.errors import ProtocolError, Side
 from imap_proxy.wire.fetchstub import stub_fetch
@@ -170,6 +176,25 @@ class StubFetch(Action):
         for watch in self._fetches.values():
             watch.expunged(number)  # a UID FETCH's held lines: numbers above shift down
         return False
+
+    def may_keep_in_run(self, kind: str, run: bytes) -> bool:
+        # Only a FETCH with the look of an upstream's stub is ever kept back.
+        return kind != "FETCH" or looks_like_stub(run)
+
+    def on_untagged_run(
+        self, kind: str, lines: list[bytes], running: Callable[[], Collection[str]]
+    ) -> None:
+        if kind != "FETCH":
+            super().on_untagged_run(kind, lines, running)
+            return
+        # _fetch_line for lines none of which looks like a stub: learn and mark, no keeper.
+        watches = list(self._fetches.values())
+        for line in lines:
+            found = fetch_first_line(line)
+            if found is not None:
+                self.mailbox.learn(*found)
+                for watch in watches:
+                    watch.saw(found[0])
 
     def _vanished_line(self, line: bytes) -> None:
         words = line.rstrip(b"\r\n").split(b" ")
