@@ -164,6 +164,8 @@ def test_every_flag_lands_in_its_setting(capsys: pytest.CaptureFixture[str]) -> 
         "ca_file": "/etc/ca.pem",
         "server_name": None,
         "connect_timeout": 10.0,
+        "spare_connections": 0,
+        "spare_max_age": 20.0,
     }
     assert data["rules"] == "/srv/rules"
     assert data["metrics_listen"] == "0.0.0.0:9143"

@@ -220,18 +220,19 @@ class SessionRules:
         inputs = self.view.match_inputs()
         if inputs == self._inputs:
             return  # nothing a match reads has changed since the last refresh
-        self._inputs = inputs
         # Which rules match is a function of the inputs: sessions of this rule set share
-        # the answers (bounded: first tags and ID fields come from clients).
-        remembered: dict[tuple[object, ...], tuple[Rule, ...]] = self._cache.setdefault(
-            "matches", {}
+        # the answers (bounded: first tags and ID fields come from clients), and the
+        # session keeps the shared copy of its inputs, not one of its own.
+        remembered: dict[tuple[object, ...], tuple[tuple[object, ...], tuple[Rule, ...]]] = (
+            self._cache.setdefault("matches", {})
         )
-        matching = remembered.get(inputs)
-        if matching is None:
+        known = remembered.get(inputs)
+        if known is None:
             matching = tuple(rule for rule in self._rules if matches(rule.match, self.view))
             if len(remembered) >= MATCHES_REMEMBERED:
                 del remembered[next(iter(remembered))]  # the oldest
-            remembered[inputs] = matching
+            known = remembered[inputs] = (inputs, matching)
+        self._inputs, matching = known
         active: list[Action] = []
         for rule in matching:
             if rule.id not in self._built:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from imap_proxy.quirks.engine import SessionView, matches
+from imap_proxy.quirks.engine import MATCHES_REMEMBERED, SessionView, matches
 from imap_proxy.quirks.model import Match, RuleLoadError, RuleSet, load_rules, rules_json_schema
 from imap_proxy.session import events as ev
 from imap_proxy.session.proxy import ProxySession
@@ -271,3 +271,9 @@ def test_rule_applies_from_the_moment_its_match_holds(tmp_path: Path) -> None:
     assert to_upstream(session.receive_from_client(b'12 CREATE "A/"\r\n')) == b'12 CREATE "A"\r\n'
     other = session_with(rules)
     assert to_upstream(other.receive_from_client(b'x1 CREATE "A/"\r\n')) == b'x1 CREATE "A/"\r\n'
+    # Sessions with the same facts share the remembered answer: still the right one.
+    again = session_with(rules)
+    assert to_upstream(again.receive_from_client(b'12 CREATE "B/"\r\n')) == b'12 CREATE "B"\r\n'
+    for number in range(MATCHES_REMEMBERED + 20):  # first tags come from clients: bounded
+        session_with(rules).receive_from_client(b"t%d NOOP\r\n" % number)
+    assert len(rules.session_cache["matches"]) == MATCHES_REMEMBERED
