@@ -34,7 +34,9 @@ the session can record them (logs, metrics).
 
 from __future__ import annotations
 
+import functools
 import re
+import sys
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
@@ -61,6 +63,12 @@ def _no_commands() -> list[tuple[bytes, str]]:
 
 
 MATCHES_REMEMBERED = 1024  # per rule set: match inputs -> the rules that match
+
+
+@functools.lru_cache(maxsize=256)
+def _uppercased(caps: tuple[str, ...]) -> frozenset[str]:
+    """One shared set per capability list: thousands of sessions see the same few."""
+    return frozenset(sys.intern(cap.upper()) for cap in caps)
 
 
 @dataclass
@@ -96,7 +104,7 @@ class SessionView:
     def has_upstream(self, capability: str) -> bool:
         caps = self.upstream_capabilities
         if caps is not self._upper_of:
-            self._upper = frozenset(cap.upper() for cap in caps)
+            self._upper = _uppercased(tuple(caps))
             self._upper_of = caps
         return capability.upper() in self._upper
 
