@@ -3,8 +3,9 @@
 How this works: it starts one proxy process (bench.services) in front of the shared
 Dovecot on 14143 (or a private one), attaches `py-spy record` to that pid, runs a workload
 against the proxy from this process (`small`: NOOP/SELECT/FETCH FLAGS round trips;
-`logins`: sequential logins; `fetch`: large-body FETCH; `mixed`: the mixed workload's 8 concurrent clients), stops py-spy, and prints the
-hottest functions by own time and by total time from py-spy's raw (collapsed) output.
+`logins`: sequential logins; `fetch`: large-body FETCH; `mixed`: the mixed workload's
+8 concurrent clients), stops py-spy, and prints the hottest functions by own time and by
+total time from py-spy's raw (collapsed) output.
 The raw file is kept for a closer look (e.g. flamegraph.pl or speedscope).
 py-spy is not a project dependency: `pip install py-spy`.
 """
