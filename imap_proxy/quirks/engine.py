@@ -401,10 +401,8 @@ class SessionRules:
         observers = [action for action in self.active if kind in action.observes]
         if any(action.may_keep_in_run(kind, run) for action in observers):
             return False
-        if observers:
-            lines = [line + b"\r\n" for line in run.split(b"\r\n")[:-1]]
-            for action in observers:
-                action.on_untagged_run(kind, lines, running)
+        for action in observers:
+            action.on_untagged_run(kind, run, running)
         return True
 
     def on_tagged(

@@ -28,6 +28,7 @@ from __future__ import annotations
 import re
 from array import array
 from bisect import bisect_right
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -50,6 +51,7 @@ MAX_HELD_LINES: Final = 100_000  # held EXPUNGE or stub lines per command, then 
 # The number, and the part of the line before any quoted string or literal: UID is taken
 # only from there, as an item name (so a subject reading "UID 5" is never taken for one).
 _FETCH_HEAD: Final = re.compile(rb'\* (\d{1,10}) FETCH \(([^"{\r\n]*)')
+_FETCH_HEADS: Final = re.compile(rb'^\* (\d{1,10}) FETCH \(([^"{\r\n]*)', re.MULTILINE)
 _UID_ITEM: Final = re.compile(rb"(?:^|[( ])UID (\d{1,10})(?=[ )]|$)")
 # What an upstream's own stub for an expunged message looks like (Dovecot 2.3): a body
 # item that is NIL, a zero size, an all-NIL envelope, the epoch. Lines without any of
@@ -70,6 +72,13 @@ def fetch_first_line(line: bytes) -> tuple[int, int | None] | None:
         return None
     found = _UID_ITEM.search(head.group(2))
     return int(head.group(1)), None if found is None else int(found.group(1))
+
+
+def fetch_first_lines(run: bytes) -> Iterator[tuple[int, int | None]]:
+    """`fetch_first_line` of every line of a run of one-line FETCH responses, in order."""
+    for head in _FETCH_HEADS.finditer(run):
+        found = _UID_ITEM.search(head.group(2))
+        yield int(head.group(1)), None if found is None else int(found.group(1))
 
 
 def looks_like_stub(data: bytes) -> bool:

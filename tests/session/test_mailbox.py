@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imap_proxy.session.mailbox import FetchWatch, MailboxState, fetch_first_line, looks_expunged
+from imap_proxy.session.mailbox import (
+    FetchWatch,
+    MailboxState,
+    fetch_first_line,
+    fetch_first_lines,
+    looks_expunged,
+)
 from imap_proxy.wire.command import FetchRequest
 from imap_proxy.wire.errors import Side
 from imap_proxy.wire.syntax import parse_sequence_set
@@ -147,3 +153,26 @@ def test_vanished_naming_unknown_uids_makes_the_numbers_unreliable() -> None:
     assert not box.reliable and box.exists == 3
     box.select(b"INBOX")
     assert box.reliable
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(1, 10**6),
+            st.one_of(st.none(), st.integers(1, 2**32 - 1)),
+            st.sampled_from([b"FLAGS (\\Seen)", b'ENVELOPE ("UID 5" NIL)', b"RFC822.SIZE 12"]),
+        ),
+        max_size=20,
+    )
+)
+def test_a_run_reads_as_its_lines_one_by_one(
+    items: list[tuple[int, int | None, bytes]],
+) -> None:
+    lines = [
+        b"* %d FETCH (%s%s)\r\n" % (n, b"" if uid is None else b"UID %d " % uid, rest)
+        for n, uid, rest in items
+    ]
+    run = b"".join(lines)
+    one_by_one = [found for line in lines if (found := fetch_first_line(line)) is not None]
+    assert list(fetch_first_lines(run)) == one_by_one

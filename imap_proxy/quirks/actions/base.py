@@ -219,12 +219,12 @@ class Action:
         return True
 
     def on_untagged_run(
-        self, kind: str, lines: list[bytes], running: Callable[[], Collection[str]]
+        self, kind: str, run: bytes, running: Callable[[], Collection[str]]
     ) -> None:
-        """A run of one-line responses of `kind` (each with its CRLF) that
+        """A run of one-line responses of `kind` (their bytes, CRLF-terminated lines) that
         `may_keep_in_run` said it keeps none of: seen as `on_untagged_line` would."""
-        for line in lines:
-            self.on_untagged_line(kind, line, True, running)
+        for line in run.split(b"\r\n")[:-1]:
+            self.on_untagged_line(kind, line + b"\r\n", True, running)
 
     def on_tagged(
         self, tag: bytes, name: str, line: bytes, view: SessionView, lookup: list[bytes] | None

@@ -53,6 +53,7 @@ from imap_proxy.session.mailbox import (
     FetchWatch,
     MailboxState,
     fetch_first_line,
+    fetch_first_lines,
     looks_expunged,
     looks_like_stub,
 )
@@ -182,19 +183,17 @@ class StubFetch(Action):
         return kind != "FETCH" or looks_like_stub(run)
 
     def on_untagged_run(
-        self, kind: str, lines: list[bytes], running: Callable[[], Collection[str]]
+        self, kind: str, run: bytes, running: Callable[[], Collection[str]]
     ) -> None:
         if kind != "FETCH":
-            super().on_untagged_run(kind, lines, running)
+            super().on_untagged_run(kind, run, running)
             return
         # _fetch_line for lines none of which looks like a stub: learn and mark, no keeper.
         watches = list(self._fetches.values())
-        for line in lines:
-            found = fetch_first_line(line)
-            if found is not None:
-                self.mailbox.learn(*found)
-                for watch in watches:
-                    watch.saw(found[0])
+        for number, uid in fetch_first_lines(run):
+            self.mailbox.learn(number, uid)
+            for watch in watches:
+                watch.saw(number)
 
     def _vanished_line(self, line: bytes) -> None:
         words = line.rstrip(b"\r\n").split(b" ")
