@@ -418,6 +418,18 @@ ACTIONS = st.lists(
 )
 
 
+def _step(fp: Fingerprinter, action: tuple[object, ...]) -> ClientProfile | None:
+    """Feed one generated action (a command, an ID, the login's OK) to `fp`."""
+    if action[0] == "command":
+        _, tag, verb, rest, authenticated = action
+        assert isinstance(tag, bytes) and isinstance(verb, bytes) and isinstance(rest, bytes)
+        line = tag + b" " + verb + b" " + rest + b"\r\n"
+        return fp.observe_command(tag, verb, line, authenticated=bool(authenticated))
+    if action[0] == "id":
+        return fp.observe_id(action[1], authenticated=bool(action[2]))  # type: ignore[arg-type]
+    return fp.observe_authenticated()
+
+
 @settings(max_examples=150, deadline=None)
 @given(actions=ACTIONS, sni=st.one_of(st.none(), st.text(max_size=30)))
 def test_random_observations_never_raise_and_give_a_valid_profile(
@@ -426,17 +438,8 @@ def test_random_observations_never_raise_and_give_a_valid_profile(
     fp = Fingerprinter(PACKAGED, listener="imap", sni=sni)
     commands = 0
     for action in actions:
-        if action[0] == "command":
-            _, tag, verb, rest, authenticated = action
-            assert isinstance(tag, bytes) and isinstance(verb, bytes) and isinstance(rest, bytes)
-            line = tag + b" " + verb + b" " + rest + b"\r\n"
-            result = fp.observe_command(tag, verb, line, authenticated=bool(authenticated))
-            commands += 1
-        elif action[0] == "id":
-            params = action[1]
-            result = fp.observe_id(params, authenticated=bool(action[2]))  # type: ignore[arg-type]
-        else:
-            result = fp.observe_authenticated()
+        result = _step(fp, action)
+        commands += action[0] == "command"
         profile = fp.profile
         assert result is None or result is profile
         assert profile.family in PACKAGED.families
@@ -451,16 +454,7 @@ def _replay(fp: Fingerprinter, actions: list[tuple[object, ...]]) -> list[object
     """Each step's report and profile (with evidence), for comparing two fingerprinters."""
     results: list[object] = []
     for action in actions:
-        if action[0] == "command":
-            _, tag, verb, rest, authenticated = action
-            assert isinstance(tag, bytes) and isinstance(verb, bytes) and isinstance(rest, bytes)
-            line = tag + b" " + verb + b" " + rest + b"\r\n"
-            result = fp.observe_command(tag, verb, line, authenticated=bool(authenticated))
-        elif action[0] == "id":
-            result = fp.observe_id(action[1], authenticated=bool(action[2]))  # type: ignore[arg-type]
-        else:
-            result = fp.observe_authenticated()
-        results += [result, fp.profile, fp.settled]
+        results += [_step(fp, action), fp.profile, fp.settled]
     return results
 
 
