@@ -181,7 +181,9 @@ class Action:
         return True
 
     def wants_line(self, kind: str, line: bytes) -> bool:
-        """Whether this untagged line (first line of the response) is worth parsing."""
+        """Whether this untagged line (first line of the response) is worth parsing. For
+        FETCH it is also asked about a run of one-line responses at once, so it must be a
+        search: true for the run whenever it would be for one of its lines."""
         return True
 
     def on_response(self, response: Response, view: SessionView) -> Response | Drop | None:
