@@ -49,16 +49,15 @@ async def test_spares_wait_greeted_and_are_handed_out_before_dialling() -> None:
         await trio.sleep(0.1)
         assert pool.ready == 0 and script.connections == 0  # no demand yet: nothing opened
         first = await pool.connect()  # dialled: the pool was empty
-        await _until(lambda: pool.ready == 2)
-        assert script.connections == 3
+        await _until(lambda: pool.ready == 2 and script.connections == 3)
         second = await pool.connect()
         assert pool.handed_out == 1
         client = LineClient(second)
         assert await client.read_line() == GREETING  # waiting in the socket, unread
         await client.send(b"a1 NOOP\r\n")
         assert await client.read_line() == b"a1 OK NOOP completed\r\n"
-        await _until(lambda: pool.ready == 2)  # topped up again after the demand
-        assert script.connections == 4
+        # Topped up again after the demand (the upstream may count it a moment later).
+        await _until(lambda: pool.ready == 2 and script.connections == 4)
         for stream in (first, second):
             await stream.aclose()
         nursery.cancel_scope.cancel()
@@ -101,10 +100,11 @@ async def test_a_spare_the_upstream_closed_is_never_handed_out() -> None:
         await _until(lambda: pool.ready == 2)
         await trio.sleep(0.1)  # both spares closed by the upstream, greeting unread
         stream = await pool.connect()
-        assert pool.discarded == 2 and pool.handed_out == 0
+        assert pool.discarded == 2
         client = LineClient(stream)
         assert await client.read_line() == GREETING
-        assert await client.read_line() == b"* OK still here\r\n"  # a live one, dialled
+        # A live one: dialled, or a spare the refill opened while the dead ones were closed.
+        assert await client.read_line() == b"* OK still here\r\n"
         await stream.aclose()
         nursery.cancel_scope.cancel()
 
