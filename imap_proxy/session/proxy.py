@@ -223,6 +223,7 @@ class ProxySession:
         "_emulation",
         "_greeting",
         "_learning",
+        "_line_by_line",
         "_msg",
         "_out",
         "_phase",
@@ -270,6 +271,7 @@ class ProxySession:
         # upstream -> client
         self._client_open = False  # an upstream message is partly relayed to the client
         self._up_continues = False  # the current upstream message goes on after a literal
+        self._line_by_line = 0  # octets of a refused FETCH run still to frame line by line
         self._relaying_response = True  # the current upstream message goes to the client
         self._deferred_client: list[bytes] = []
         self._draining = False
@@ -540,6 +542,8 @@ class ProxySession:
     # ------------------------------------------------------- upstream → client
 
     def _upstream_event(self, event: FrameEvent) -> None:
+        if self._line_by_line and isinstance(event, LinePart):
+            self._line_by_line = max(0, self._line_by_line - len(event.raw))
         if self._up_held is not None:
             self._held_response_event(event)
             return
@@ -564,7 +568,8 @@ class ProxySession:
         one: no message under way or held, no command of the proxy's own in flight (its
         untagged data is its own), no IDLE bridge, and the rules let the run pass."""
         if (
-            self._phase is not _Phase.RELAYING
+            self._line_by_line
+            or self._phase is not _Phase.RELAYING
             or self._up_held is not None
             or self._up_continues
             or self._bridge is not None
@@ -578,6 +583,9 @@ class ProxySession:
         if hooks.rules.watches_untagged and not hooks.pass_run(
             "FETCH", run, self._tracker.client_names
         ):
+            # Refused: these lines go one by one, and the rest of the run is not looked at
+            # again after each of them (that would copy and search it once a line).
+            self._line_by_line = len(run)
             return False
         self._upstream.skip(len(run))
         self._relaying_response = True

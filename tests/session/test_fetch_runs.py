@@ -127,3 +127,30 @@ def test_framer_runs_are_bounded_by_the_line_limit() -> None:
     assert framer.peek_run(run) == b""
     with pytest.raises(Exception, match="line longer than 1024"):
         framer.next_event()
+
+
+def test_a_refused_run_is_framed_line_by_line_and_looked_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A size-0 message at the end has a stub's look: the rule must see the run line by
+    # line. The run is offered to the rules once, not again after each of its lines.
+    session = _selected(SHIPPED_RULES, 2000)
+    session.receive_from_client(b"a3 FETCH 1:2000 (UID RFC822.SIZE)\r\n")
+    lines = [b"* %d FETCH (UID %d RFC822.SIZE 120)\r\n" % (n, n) for n in range(1, 2000)]
+    lines.append(b"* 2000 FETCH (UID 2000 RFC822.SIZE 0)\r\n")
+    offered: list[int] = []
+    real_pass_run = session.hooks.pass_run
+
+    def counting_pass_run(*args: object, **kwargs: object) -> bool:
+        offered.append(1)
+        return real_pass_run(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(session.hooks, "pass_run", counting_pass_run)
+    sent = _to_client(session.receive_from_upstream(b"".join(lines) + b"a3 OK done\r\n"))
+    assert b"".join(sent) == b"".join(lines) + b"a3 OK done\r\n"
+    assert len(offered) == 1
+    assert len(sent) > 2000  # line by line
+    # The next run, after the refused one, is relayed whole again.
+    session.receive_from_client(b"a4 FETCH 1:3 (FLAGS)\r\n")
+    run = b"* 1 FETCH (FLAGS ())\r\n* 2 FETCH (FLAGS ())\r\n* 3 FETCH (FLAGS ())\r\n"
+    assert _to_client(session.receive_from_upstream(run + b"a4 OK done\r\n"))[0] == run
