@@ -240,18 +240,23 @@ class AnswerEnableAction(_Strict):
     advertise: bool = Field(default=False, description="also list ENABLE in capabilities")
 
 
+def _impossible_mailbox(description: str) -> Any:
+    """A mailbox name to EXAMINE so that nothing stays selected: one no user has."""
+    return Field(
+        default="imap-proxy/no such mailbox/unselect",
+        min_length=1,
+        pattern=r"^[\x20-\x7e]+$",
+        description=description,
+    )
+
+
 class EmulateUnselectAction(_Strict):
     """UNSELECT for upstreams without it, never via CLOSE (CLOSE expunges): EXAMINE of a
     mailbox that cannot exist (a failed EXAMINE leaves no mailbox selected, RFC 3501
     §6.3.2), then OK to the client; advertise UNSELECT."""
 
     type: Literal["emulate_unselect"]
-    mailbox: str = Field(
-        default="imap-proxy/no such mailbox/unselect",
-        min_length=1,
-        pattern=r"^[\x20-\x7e]+$",
-        description="a name no user has (printable ASCII)",
-    )
+    mailbox: str = _impossible_mailbox("a name no user has (printable ASCII)")
     advertise: bool = True
 
 
@@ -396,11 +401,8 @@ class ScopeExpungeAction(_Strict):
     upstream lacks UNSELECT). Needs UIDPLUS upstream."""
 
     type: Literal["scope_expunge"]
-    unselect_mailbox: str = Field(
-        default="imap-proxy/no such mailbox/unselect",
-        min_length=1,
-        pattern=r"^[\x20-\x7e]+$",
-        description="for CLOSE without UNSELECT upstream: a name no user has",
+    unselect_mailbox: str = _impossible_mailbox(
+        "for CLOSE without UNSELECT upstream: a name no user has"
     )
 
 
