@@ -40,6 +40,8 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from imap_proxy.net.sockio import StreamWriter
+
 DEFAULT_HIGH_WATER = 1024 * 1024
 DEFAULT_MAX_WRITE = 1024 * 1024
 # `flush()` writes from the producer's task only up to this much; bulk data (message
@@ -102,7 +104,7 @@ class QueuedWriter:
         errors: tuple[type[Exception], ...] = (),
         on_error: Callable[[Exception], None] | None = None,
     ) -> None:
-        self.stream = stream  # replaced by a TLS step (`then`) when the stream is wrapped
+        self._io = StreamWriter(stream)
         self.high_water = high_water
         self.max_write = max_write
         self._on_relief = on_relief
@@ -122,6 +124,15 @@ class QueuedWriter:
         self.bytes_written = 0
         self.writes = 0
         self.last_write_at = -math.inf  # trio time when the last write completed
+
+    @property
+    def stream(self) -> trio.abc.SendStream:
+        return self._io.stream
+
+    @stream.setter
+    def stream(self, stream: trio.abc.SendStream) -> None:
+        """Replaced by a TLS step (`then`) when the stream is wrapped."""
+        self._io = StreamWriter(stream)
 
     # --- producer side ---------------------------------------------------------------
 
@@ -301,7 +312,7 @@ class QueuedWriter:
     async def _write_chunk(self) -> None:
         """Write the next chunk; the caller has set `_in_progress`."""
         chunk = self._take_chunk()
-        await self.stream.send_all(chunk)
+        await self._io.send_all(chunk)
         self._queued_bytes -= len(chunk)
         self.bytes_written += len(chunk)
         self.writes += 1
