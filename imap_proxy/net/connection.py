@@ -58,6 +58,7 @@ import trio
 
 from imap_proxy.config import ProxyConfig, UpstreamSecurity
 from imap_proxy.net.limits import DEFAULT_HIGH_WATER, QueuedWriter
+from imap_proxy.net.sockio import StreamReader
 from imap_proxy.net.timers import Timers
 from imap_proxy.net.upstream import Dialer, UpstreamUnavailable, describe_failure
 from imap_proxy.observe.logging import get_logger, user_label
@@ -508,28 +509,30 @@ class ClientConnection:
     async def _read_loop(self, side: _Side) -> None:
         session = self._session
         assert session is not None
+        reader = StreamReader(self._streams[side])
         while True:
             while not self._closing and not self._may_read(side):
                 await self._wakeup.wait()
             if self._closing:
                 return
-            with trio.CancelScope() as scope:
-                self._receive_scopes[side] = scope
-                try:
-                    received = await self._streams[side].receive_some(READ_SIZE)
-                except STREAM_ERRORS as exc:
-                    self._side_lost(side, describe_failure(exc))
-                    return
-                finally:
-                    del self._receive_scopes[side]
-            if scope.cancelled_caught:
-                continue  # a TLS switch began, or the connection is closing
+            if reader.stream is not self._streams[side]:
+                reader = StreamReader(self._streams[side])  # wrapped in TLS meanwhile
+            try:
+                if self._may_switch_to_tls(side):
+                    received = await self._interruptible_receive(side, reader)
+                    if received is None:
+                        continue  # a TLS switch began, or the connection is closing
+                    data = received
+                else:
+                    data = await reader.receive_some(READ_SIZE)
+            except STREAM_ERRORS as exc:
+                self._side_lost(side, describe_failure(exc))
+                return
             if self._closing:
                 return
-            if not received:
+            if not data:
                 self._side_lost(side, "eof")
                 return
-            data = received if isinstance(received, bytes) else bytes(received)
             if side is _Side.CLIENT:
                 self.stats.bytes_from_client += len(data)
                 preauth = session.idle_deadline_kind == "preauth"
@@ -541,6 +544,28 @@ class ClientConnection:
                 self.stats.bytes_from_upstream += len(data)
                 self._handle(session.receive_from_upstream(data), flush_next=True)
             await self._flush()
+
+    def _may_switch_to_tls(self, side: _Side) -> bool:
+        """Whether this side's plain stream may still be wrapped in TLS (STARTTLS)."""
+        if isinstance(self._streams[side], trio.SSLStream):
+            return False
+        if side is _Side.CLIENT:
+            return self._server_ssl is not None
+        return self._config.upstream.security is UpstreamSecurity.STARTTLS
+
+    async def _interruptible_receive(self, side: _Side, reader: StreamReader) -> bytes | None:
+        """A receive that a TLS switch (or closing) cancels, so a raw read never eats the
+        peer's handshake: None when it did. A cancel scope costs more than the read, so
+        only a stream that may still switch reads this way; the others end by the
+        nursery's cancellation when the connection closes."""
+        with trio.CancelScope() as scope:
+            self._receive_scopes[side] = scope
+            try:
+                return await reader.receive_some(READ_SIZE)
+            finally:
+                del self._receive_scopes[side]
+        assert scope.cancelled_caught
+        return None
 
     async def _flush(self) -> None:
         """Write what the last batch queued, from this task when it is small."""
