@@ -474,18 +474,19 @@ class ProxySession:
 
     def _pump(self) -> None:
         """Frame and handle whatever both sides have sent, as far as the state allows."""
+        upstream, client = self._upstream, self._client
         progress = True
         while progress and self._phase is not _Phase.CLOSED:
             progress = False
-            if not self.upstream_paused:
-                progress |= self._pump_side(self._upstream, self._upstream_event)
-            if not self.client_paused and not self.closed:
-                progress |= self._pump_side(self._client, self._client_event)
+            if upstream.has_input and not self.upstream_paused:
+                progress = self._pump_side(upstream, self._upstream_event)
+            if client.has_input and not self.client_paused and not self.closed:
+                progress |= self._pump_side(client, self._client_event)
 
     def _pump_side(self, framer: Framer, handle: Callable[[FrameEvent], None]) -> bool:
         handled = False
         paused = self.upstream_paused if framer is self._upstream else self.client_paused
-        while not paused and self._phase is not _Phase.CLOSED:
+        while not paused and self._phase is not _Phase.CLOSED and framer.has_input:
             if framer is self._upstream and self._relay_fetch_run():
                 handled = True
                 continue

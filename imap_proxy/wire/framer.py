@@ -143,6 +143,12 @@ class Framer:
         return self._literal_remaining > 0
 
     @property
+    def has_input(self) -> bool:
+        """Whether `next_event()` may return something other than NEED_DATA (it raises
+        once the framer is broken)."""
+        return self._broken is not None or self._start < len(self._buffer) or bool(self._direct)
+
+    @property
     def buffered(self) -> int:
         return len(self._buffer) - self._start + len(self._direct)
 

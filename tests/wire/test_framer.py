@@ -22,13 +22,17 @@ Frame = tuple[str, bytes]
 
 
 def frames(chunks: list[bytes], limits: FrameLimits | None = None) -> list[Frame]:
-    """Feed chunks; return lines and literal contents (literal chunks joined)."""
+    """Feed chunks; return lines and literal contents (literal chunks joined). Checks on
+    the way that `has_input` is False only where there is nothing to frame."""
     framer = Framer(Side.CLIENT, limits)
     out: list[Frame] = []
     literal = bytearray()
     for chunk in chunks:
         framer.feed(chunk)
         while True:
+            if not framer.has_input:
+                assert framer.next_event() is NEED_DATA
+                break
             event: FrameEvent = framer.next_event()
             if event is NEED_DATA:
                 break
@@ -143,6 +147,22 @@ def test_oversized_literal_is_a_limit_error(size: bytes) -> None:
     with pytest.raises(LimitExceeded) as raised:
         framer.next_event()
     assert raised.value.limit == "literal_size"
+
+
+def test_has_input_is_true_while_anything_is_buffered_or_the_framer_is_broken() -> None:
+    framer = Framer(Side.CLIENT, FrameLimits(max_line_length=10))
+    assert not framer.has_input
+    framer.feed(b"a NOOP")
+    assert framer.has_input  # a partial line: next_event() has something to look at
+    assert framer.next_event() is NEED_DATA
+    framer.feed(b"\r\n")
+    assert isinstance(framer.next_event(), LinePart)
+    assert not framer.has_input
+    framer.feed(b"x" * 20)
+    with pytest.raises(LimitExceeded):
+        framer.next_event()
+    framer.discard_buffered()
+    assert framer.has_input  # broken: next_event() raises again, it must be asked
 
 
 def test_discard_buffered_drops_everything() -> None:
