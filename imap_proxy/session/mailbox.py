@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from array import array
 from bisect import bisect_right
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -52,6 +52,7 @@ MAX_HELD_LINES: Final = 100_000  # held EXPUNGE or stub lines per command, then 
 # only from there, as an item name (so a subject reading "UID 5" is never taken for one).
 _FETCH_HEAD: Final = re.compile(rb'\* (\d{1,10}) FETCH \(([^"{\r\n]*)')
 _FETCH_HEADS: Final = re.compile(rb'^\* (\d{1,10}) FETCH \(([^"{\r\n]*)', re.MULTILINE)
+_FETCH_NUMBERS: Final = re.compile(rb"^\* (\d{1,10}) FETCH \(", re.MULTILINE)
 _UID_ITEM: Final = re.compile(rb"(?:^|[( ])UID (\d{1,10})(?=[ )]|$)")
 # What an upstream's own stub for an expunged message looks like (Dovecot 2.3): a body
 # item that is NIL, a zero size, an all-NIL envelope, the epoch. Lines without any of
@@ -74,11 +75,15 @@ def fetch_first_line(line: bytes) -> tuple[int, int | None] | None:
     return int(head.group(1)), None if found is None else int(found.group(1))
 
 
-def fetch_first_lines(run: bytes) -> Iterator[tuple[int, int | None]]:
+def fetch_first_lines(run: bytes) -> list[tuple[int, int | None]]:
     """`fetch_first_line` of every line of a run of one-line FETCH responses, in order."""
+    if b"UID " not in run:  # no line names its UID: the numbers alone, in one pass
+        return [(int(number), None) for number in _FETCH_NUMBERS.findall(run)]
+    out: list[tuple[int, int | None]] = []
     for head in _FETCH_HEADS.finditer(run):
         found = _UID_ITEM.search(head.group(2))
-        yield int(head.group(1)), None if found is None else int(found.group(1))
+        out.append((int(head.group(1)), None if found is None else int(found.group(1))))
+    return out
 
 
 def looks_like_stub(data: bytes) -> bool:
@@ -240,6 +245,20 @@ class FetchWatch:
         if 1 <= number <= self.largest and not self.was_answered(number):
             self.answered[number >> 3] |= 1 << (number & 7)
             self._got += self._requested(number)
+
+    def saw_all(self, numbers: Iterable[int]) -> None:
+        """`saw` each of `numbers` (a run of FETCH responses)."""
+        answered, largest = self.answered, self.largest
+        # One requested range (the usual `1:*`, `5:20`): bounds compared, not searched.
+        low, high = (self._starts[0], self._ends[0]) if len(self._starts) == 1 else (0, -1)
+        got = 0
+        for number in numbers:
+            if 1 <= number <= largest:
+                byte, bit = number >> 3, 1 << (number & 7)
+                if not answered[byte] & bit:
+                    answered[byte] |= bit
+                    got += low <= number <= high or (high < 0 and self._requested(number))
+        self._got += got
 
     def was_answered(self, number: int) -> bool:
         return 1 <= number <= self.largest and bool(self.answered[number >> 3] & 1 << (number & 7))

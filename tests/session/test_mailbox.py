@@ -176,3 +176,21 @@ def test_a_run_reads_as_its_lines_one_by_one(
     run = b"".join(lines)
     one_by_one = [found for line in lines if (found := fetch_first_line(line)) is not None]
     assert list(fetch_first_lines(run)) == one_by_one
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from([b"1:*", b"2:5", b"3,7:9,1", b"4:2", b"*"]),
+    st.integers(0, 12),
+    st.lists(st.integers(-1, 14), max_size=30),
+)
+def test_a_run_marks_a_watch_as_its_lines_one_by_one(
+    sequence: bytes, largest: int, numbers: list[int]
+) -> None:
+    request = FetchRequest(parse_sequence_set(sequence, Side.CLIENT), (b"FLAGS",), uid=False)
+    one_by_one, at_once = FetchWatch(b"t", request, largest), FetchWatch(b"t", request, largest)
+    for number in numbers:
+        one_by_one.saw(number)
+    at_once.saw_all(iter(numbers))
+    assert at_once.missing() == one_by_one.missing()
+    assert at_once.answered == one_by_one.answered

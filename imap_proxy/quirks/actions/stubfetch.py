@@ -189,11 +189,13 @@ class StubFetch(Action):
             super().on_untagged_run(kind, run, running)
             return
         # _fetch_line for lines none of which looks like a stub: learn and mark, no keeper.
-        watches = list(self._fetches.values())
-        for number, uid in fetch_first_lines(run):
-            self.mailbox.learn(number, uid)
-            for watch in watches:
-                watch.saw(number)
+        heads = fetch_first_lines(run)
+        learn = self.mailbox.learn
+        for number, uid in heads:
+            if uid is not None:
+                learn(number, uid)
+        for watch in self._fetches.values():
+            watch.saw_all(number for number, _ in heads)
 
     def _vanished_line(self, line: bytes) -> None:
         words = line.rstrip(b"\r\n").split(b" ")
