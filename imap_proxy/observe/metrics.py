@@ -38,6 +38,7 @@ Meanings worth spelling out:
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -170,6 +171,7 @@ _CONNECT_FAILURES: Final = {
 CONNECT_OUTCOMES: Final = ("ok", *_CONNECT_FAILURES.values(), "failed")
 
 
+@functools.lru_cache(maxsize=256)
 def command_label(name: str) -> str:
     """The bounded label for a command name ("uid fetch" -> "UID FETCH", "XFOO" -> "OTHER")."""
     upper = " ".join(name.upper().split())
@@ -260,6 +262,10 @@ class Metrics:
         self._connections: dict[str | None, _ConnectionState] = {}
         self._closed_bytes = dict.fromkeys(DIRECTIONS, 0)
         self._live: Callable[[], Iterable[LiveStats]] | None = None
+        # The per-command children, by label values: `labels()` validates and locks on
+        # every call, some 5 us twice a command. Label values are bounded, so is this.
+        self._command_counters: dict[tuple[str, str, str], Any] = {}
+        self._duration_histograms: dict[str, Any] = {}
         self._family = BoundedLabel()
         self._rule = BoundedLabel()
         self._action = BoundedLabel()
@@ -438,11 +444,18 @@ class Metrics:
         started = state.in_flight.pop(tag, None)
         command = command_label(name)
         outcome = status.upper() if status.upper() in COMMAND_OUTCOMES else ABORTED
-        self.commands.labels(command=command, outcome=outcome, client_family=state.family).inc()
+        key = (command, outcome, state.family)
+        counter = self._command_counters.get(key)
+        if counter is None:
+            counter = self._command_counters[key] = self.commands.labels(*key)
+        counter.inc()
         if started is not None:
-            self.command_duration.labels(command=command).observe(
-                max(0.0, self._clock() - started[1])
-            )
+            histogram = self._duration_histograms.get(command)
+            if histogram is None:
+                histogram = self._duration_histograms[command] = self.command_duration.labels(
+                    command=command
+                )
+            histogram.observe(max(0.0, self._clock() - started[1]))
 
     def _closed(self, event: ConnectionClosed) -> None:
         self.connections_active.labels(listener=event.listener).dec()
