@@ -21,6 +21,7 @@ from typing import Any, Final
 PROXY: Final = "proxy"
 DIRECT: Final = "direct"
 NGINX: Final = "nginx"
+TRIO_RELAY: Final = "trio-relay"  # bench.relay --engine trio: the proxy's I/O, nothing else
 NO_RULES: Final = "proxy-norules"
 SPARES: Final = "proxy-spares"  # upstream.spare_connections on (logins only)
 SPARE_COUNT: Final = 4
@@ -121,7 +122,12 @@ def _has_row(results: Results, row: Row, targets: Sequence[str]) -> bool:
 def figures_table(results: Results) -> str:
     targets: list[str] = list(results.get("targets", []))
     relay = results.get("relay")
-    references = [("direct", DIRECT), ("relay", relay), ("nginx", NGINX)]
+    references = [
+        ("direct", DIRECT),
+        ("relay", relay),
+        ("trio-relay", TRIO_RELAY),
+        ("nginx", NGINX),
+    ]
     header = ["figure", "unit", *targets, *(f"proxy÷{label}" for label, _ in references)]
     rows = []
     for row in ROWS:
@@ -198,6 +204,15 @@ def check_targets(results: Results) -> list[TargetCheck]:
             _verdict(max(known) <= 1.25 if known else None, "nginx not measured"),
         )
     )
+    floor = {label: ratio(results, "small", metric, TRIO_RELAY, NGINX) for label, metric in kinds}
+    if any(value is not None for value in floor.values()):
+        checks.append(
+            TargetCheck(
+                "  for scale: a bare trio relay ÷ nginx",
+                ", ".join(f"{label} {format_ratio(value)}" for label, value in floor.items()),
+                "n/a: the floor of the proxy's I/O stack, not a target",
+            )
+        )
     logins = ratio(results, "logins", "per_sec", PROXY, DIRECT)
     checks.append(
         TargetCheck(
@@ -206,6 +221,15 @@ def check_targets(results: Results) -> list[TargetCheck]:
             _verdict(None if logins is None else logins >= 0.9, "no login figures"),
         )
     )
+    relayed = ratio(results, "logins", "per_sec", TRIO_RELAY, DIRECT)
+    if relayed is not None:
+        checks.append(
+            TargetCheck(
+                "  for scale: a bare trio relay ÷ direct",
+                format_ratio(relayed),
+                "n/a: the floor of the proxy's I/O stack, not a target",
+            )
+        )
     spared = ratio(results, "logins", "per_sec", SPARES, DIRECT)
     if spared is not None:
         checks.append(

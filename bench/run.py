@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # `python bench/run.py` from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import workloads
-from bench.report import NO_RULES, PROXY, SPARE_COUNT, SPARES, full_report
+from bench.report import NO_RULES, PROXY, SPARE_COUNT, SPARES, TRIO_RELAY, full_report
 from bench.services import (
     DEFAULT_SHARED,
     REPO_ROOT,
@@ -340,13 +340,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 peers = []
                 services.notes.append("../shared/bench absent: no peer proxies, private Dovecot")
             py_relay = services.py_relay("py-relay", direct.port)
+            trio_relay = services.py_relay(TRIO_RELAY, direct.port, engine="trio")
             proxy = services.proxy(PROXY, direct.port, max_connections=10_000)
             empty_rules = run_dir / "no-rules"
             empty_rules.mkdir()
             norules = services.proxy(
                 NO_RULES, direct.port, max_connections=10_000, rules_dir=empty_rules
             )
-            targets = [direct, *peers, py_relay, proxy]
+            targets = [direct, *peers, py_relay, trio_relay, proxy]
             runner.services_targets = targets
             if "logins" in args.only:
                 runner.spares = services.proxy(

@@ -358,21 +358,16 @@ class Services(contextlib.ExitStack):
         self.say(f"{name}: imap-proxy on {HOST}:{port} (pid {child.pid}) -> {upstream_port}")
         return Target(name, port, child.pid)
 
-    def py_relay(self, name: str, upstream_port: int) -> Target:
+    def py_relay(self, name: str, upstream_port: int, *, engine: str = "asyncio") -> Target:
         port = free_port()
         argv = [
-            sys.executable,
-            "-m",
-            "bench.relay",
-            "--listen",
-            f"{HOST}:{port}",
-            "--upstream",
-            f"{HOST}:{upstream_port}",
+            *(sys.executable, "-m", "bench.relay", "--engine", engine),
+            *("--listen", f"{HOST}:{port}", "--upstream", f"{HOST}:{upstream_port}"),
         ]
         child = _spawn(name, argv, self.run_dir / f"{name}.log")
         self.callback(child.stop)
         self._wait_child(child, port)
-        self.say(f"{name}: asyncio relay on {HOST}:{port} (pid {child.pid}) -> {upstream_port}")
+        self.say(f"{name}: {engine} relay on {HOST}:{port} (pid {child.pid}) -> {upstream_port}")
         return Target(name, port, child.pid)
 
     def _wait_child(self, child: ChildProcess, port: int) -> None:

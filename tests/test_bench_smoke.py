@@ -58,7 +58,8 @@ def test_figures_table_shows_values_and_the_proxy_ratios() -> None:
     table = figures_table(synthetic_results())
     fetch_row = next(line for line in table.splitlines() if line.startswith("| large FETCH "))
     cells = [cell.strip() for cell in fetch_row.strip("|").split("|")]
-    # figure, unit, direct, socat, nginx, proxy, proxy-norules, ÷direct, ÷relay, ÷nginx
+    # figure, unit, direct, socat, nginx, proxy, proxy-norules, ÷direct, ÷relay,
+    # ÷trio-relay (not measured here), ÷nginx
     assert cells == [
         "large FETCH",
         "MB/s",
@@ -69,6 +70,7 @@ def test_figures_table_shows_values_and_the_proxy_ratios() -> None:
         "-",
         "0.90x",
         "1.80x",
+        "-",
         "1.12x",
     ]
     assert "| NOOP p50" in table
@@ -97,6 +99,23 @@ def test_target_verdicts() -> None:
         "10,000 IDLE: all answered, RSS <= 400 MB (<= 40 KB/session)": "met",
         "default rules cost <= 10% (mixed ops/s, median)": "NOT MET",  # 12% slower
     }
+
+
+def test_a_bare_trio_relay_is_shown_for_scale_and_never_judged() -> None:
+    results = synthetic_results()
+    results["targets"].insert(3, "trio-relay")
+    results["figures"]["small"]["trio-relay"] = dict.fromkeys(
+        ("noop_p50_ms", "select_p50_ms", "fetch_flags_p50_ms"), 0.26
+    )
+    results["figures"]["logins"]["trio-relay"] = {"per_sec": 160.0}
+    checks = {check.target: check for check in check_targets(results)}
+    small = checks["  for scale: a bare trio relay ÷ nginx"]
+    assert small.measured == "NOOP 1.30x, SELECT 1.30x, FETCH FLAGS 1.30x"
+    assert small.status.startswith("n/a:")
+    assert checks["  for scale: a bare trio relay ÷ direct"].measured == "0.80x"
+    noop = next(line for line in figures_table(results).splitlines() if "NOOP p50" in line)
+    cells = [cell.strip() for cell in noop.strip("|").split("|")]
+    assert cells[-2:] == ["1.15x", "1.50x"]  # proxy ÷ trio-relay, proxy ÷ nginx
 
 
 def test_idle_verdict_below_ten_thousand_sessions_is_not_a_pass() -> None:
