@@ -8,17 +8,24 @@ checks the tag against the RFC 3501 tag alphabet with one `bytes.translate`, and
 `parse_command()` turns a whole framed `Message` into `Command(tag, name, args)`, where
 `args` are the values after the name as the lexer reads them (see
 `imap_proxy.wire.syntax`): a sequence set is an `Atom`, `(FLAGS BODY[])` a `ParenList`,
-strings are `Quoted` or `LiteralString`. The typed accessors give rules what they need
-without a grammar per command: `mailbox_args()` (which arguments are mailbox names) and
-`parse_id_params()` (the fields of `ID`). Errors are `ParseError(Side.CLIENT, ...)`.
+strings are `Quoted` or `LiteralString`. Clients repeat many commands word for word (a
+sync's `UID FETCH 1:* (FLAGS)`, `NOOP`, the same `SELECT`), so the parse of a short
+one-line command is remembered by its text after the tag (`_REMEMBERED`, bounded) and
+given back under the new tag; never for commands that carry credentials (only the
+names in `_REMEMBERED_NAMES` are), and never for an error. The typed accessors give
+rules what they need without a grammar per command: `mailbox_args()` (which arguments
+are mailbox names) and `parse_id_params()` (the fields of `ID`). Errors are
+`ParseError(Side.CLIENT, ...)`.
 """
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass
 from typing import Final
 
-from imap_proxy.wire.errors import ParseError, Side
+from imap_proxy.wire.errors import ParseError, ProtocolError, Side
 from imap_proxy.wire.lexer import DEFAULT_MAX_DEPTH, Lexer
 from imap_proxy.wire.message import Message
 from imap_proxy.wire.syntax import (
@@ -36,6 +43,17 @@ TAG_CHARS: Final = bytes(c for c in range(0x21, 0x7F) if c not in b'(){%*"\\+')
 # Command names: letters, digits and the few marks extension verbs use (X-FOO, XLIST).
 _NAME_CHARS: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_."
 _MAX_NAME: Final = 64
+_REMEMBERED: Final = 512  # parses of distinct command texts remembered
+_REMEMBERED_MAX_LINE: Final = 512  # octets; longer lines are parsed every time
+_PLAIN_TAG: Final = re.compile(rb"[A-Za-z0-9._-]{1,64}")  # read alike by peek and lexer
+_REMEMBERED_NAMES: Final = frozenset(
+    {
+        *("FETCH", "UID FETCH", "STORE", "UID STORE", "SEARCH", "UID SEARCH"),
+        *("COPY", "UID COPY", "MOVE", "UID MOVE", "EXPUNGE", "UID EXPUNGE"),
+        *("SELECT", "EXAMINE", "STATUS", "LIST", "LSUB", "NOOP", "IDLE", "CHECK"),
+        *("CLOSE", "UNSELECT", "CAPABILITY", "NAMESPACE", "ENABLE"),
+    }
+)
 
 
 def is_valid_tag(tag: bytes) -> bool:
@@ -110,6 +128,30 @@ class Command:
 
 def parse_command(message: Message, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Command:
     """Parse a whole client command; ParseError/LimitExceeded (side CLIENT) if it is not one."""
+    line = message.lines[0]
+    if len(message.lines) == 1 and max_depth == DEFAULT_MAX_DEPTH:
+        peeked = peek_command(line) if len(line) <= _REMEMBERED_MAX_LINE else None
+        if (
+            peeked is not None
+            and peeked[1] in _REMEMBERED_NAMES
+            and _PLAIN_TAG.fullmatch(peeked[0]) is not None
+        ):
+            tag = peeked[0]
+            try:
+                remembered = _parse_after_tag(line[len(tag) :])
+            except ProtocolError:
+                pass  # parsed again below, for an error that names the real tag's offsets
+            else:
+                return Command(tag, remembered.name, remembered.args)
+    return _parse(message, max_depth)
+
+
+@functools.lru_cache(maxsize=_REMEMBERED)
+def _parse_after_tag(rest: bytes) -> Command:
+    return _parse(Message.from_line(b"t" + rest), DEFAULT_MAX_DEPTH)
+
+
+def _parse(message: Message, max_depth: int) -> Command:
     lexer = Lexer(message, Side.CLIENT, max_depth=max_depth)
     tag = lexer.read_word()
     if not is_valid_tag(tag):
@@ -205,7 +247,14 @@ def _item_name(atom: bytes) -> bytes:
 
 
 def parse_fetch(cmd: Command) -> FetchRequest:
-    """The set and items of FETCH / UID FETCH; ParseError if the arguments are not those."""
+    """The set and items of FETCH / UID FETCH; ParseError if the arguments are not those.
+    Remembered by name and arguments, as the command's parse is."""
+    return _parse_fetch(cmd.name, cmd.args)
+
+
+@functools.lru_cache(maxsize=_REMEMBERED)
+def _parse_fetch(command_name: str, args: tuple[Value, ...]) -> FetchRequest:
+    cmd = Command(b"t", command_name, args)
     if cmd.name not in ("FETCH", "UID FETCH"):
         raise ParseError(Side.CLIENT, f"{cmd.name} is not FETCH")
     if len(cmd.args) < 2 or not isinstance(cmd.args[0], Atom):

@@ -6,15 +6,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from imap_proxy.wire import command as command_module
 from imap_proxy.wire.command import (
     Command,
     is_valid_tag,
     mailbox_args,
     parse_command,
+    parse_fetch,
     parse_id_params,
     peek_command,
 )
 from imap_proxy.wire.errors import LimitExceeded, ParseError, ProtocolError, Side
+from imap_proxy.wire.lexer import DEFAULT_MAX_DEPTH
 from imap_proxy.wire.message import Message
 from imap_proxy.wire.syntax import (
     Atom,
@@ -296,3 +299,53 @@ def test_peek_takes_runs_of_spaces_as_the_parser_does(
     lines = line.split(b"\n", 1)
     command = parse_command(Message.from_line(lines[0] + b"\n"))
     assert (command.tag, command.name) == expected
+
+
+_REPEATED = st.sampled_from(
+    [
+        b"FETCH 1:* (FLAGS)",
+        b"UID FETCH 1:* (UID FLAGS) (CHANGEDSINCE 5)",
+        b"uid  store 1 +FLAGS (\\Seen)",
+        b'SELECT "INBOX"',
+        b"NOOP",
+        b"SEARCH (x",  # an error, remembered never
+        b"STORE 1 FLAGS ((((((((((((((((((((((((((((((((((((((x))))))))))))))))))))))))))))))))))))",
+        b'LOGIN joe "secret"',  # never remembered: credentials
+    ]
+)
+
+
+@given(
+    tags=st.lists(st.text(alphabet="aZ09.-_[]", min_size=1, max_size=6), min_size=2), rest=_REPEATED
+)
+def test_a_remembered_parse_is_the_parse(tags: list[str], rest: bytes) -> None:
+    """Whatever the tag and however often the same text comes, the parse (or the error,
+    with its text) is the one a fresh parse of the whole line gives."""
+    for tag in tags:
+        message = Message.from_line(tag.encode() + b" " + rest + b"\r\n")
+        try:
+            fresh: Command | str = command_module._parse(message, DEFAULT_MAX_DEPTH)
+        except ProtocolError as error:
+            fresh = str(error)
+        try:
+            got: Command | str = parse_command(message)
+        except ProtocolError as error:
+            got = str(error)
+        assert got == fresh
+
+
+def test_credentials_are_never_remembered() -> None:
+    parse_command(Message.from_line(b'a LOGIN joe "secret"\r\n'))
+    parse_command(Message.from_line(b"a2 AUTHENTICATE PLAIN AGpvZQBzZWNyZXQ=\r\n"))
+    remembered = command_module._parse_after_tag.cache_info()
+    parse_command(Message.from_line(b'b LOGIN joe "secret"\r\n'))
+    assert command_module._parse_after_tag.cache_info() == remembered
+
+
+def test_a_remembered_fetch_request_is_the_same_and_errors_stay_errors() -> None:
+    first = parse_fetch(parse_command(Message.from_line(b"a FETCH 1:5 (FLAGS UID)\r\n")))
+    again = parse_fetch(parse_command(Message.from_line(b"b FETCH 1:5 (FLAGS UID)\r\n")))
+    assert again == first and first.items == (b"FLAGS", b"UID") and not first.uid
+    for tag in (b"c", b"d"):
+        with pytest.raises(ParseError):
+            parse_fetch(parse_command(Message.from_line(tag + b" FETCH 1:5 ()\r\n")))
