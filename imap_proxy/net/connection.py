@@ -9,7 +9,10 @@ the configuration (`session_settings()`), then runs its tasks in one nursery:
   the events it returns (`_handle`). A reader reads its side only while the session does
   not pause it, no TLS switch is pending on it, and the *other* side's writer has at most
   `high_water` octets queued (backpressure). Every batch wakes all waiters, because a
-  batch from one side is what un-pauses the other;
+  batch from one side is what un-pauses the other. Reads (and the writers' writes) go
+  through net/sockio.py, which calls a plain TCP socket directly instead of paying a
+  scheduler pass per call; a read sits in a cancel scope (which a TLS switch or the
+  closing cancels) only while its stream may still be switched to TLS;
 * two `QueuedWriter`s, which own the writing to each stream, so sends stay in order per
   destination and never overlap. A reader queues its batch's output without waking them
   and then flushes it itself when it is small (`QueuedWriter.flush`): a command's round
