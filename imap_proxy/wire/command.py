@@ -248,8 +248,21 @@ def _item_name(atom: bytes) -> bytes:
 
 def parse_fetch(cmd: Command) -> FetchRequest:
     """The set and items of FETCH / UID FETCH; ParseError if the arguments are not those.
-    Remembered by name and arguments, as the command's parse is."""
-    return _parse_fetch(cmd.name, cmd.args)
+    Remembered by name and arguments when they are short, as the command's parse is."""
+    if _short(cmd.args):
+        return _parse_fetch(cmd.name, cmd.args)
+    return _parse_fetch.__wrapped__(cmd.name, cmd.args)
+
+
+def _short(args: tuple[Value, ...]) -> bool:
+    """Whether these arguments are small enough to be remembered (atoms, and lists of
+    atoms, of at most `_REMEMBERED_MAX_LINE` octets in all)."""
+    size = 0
+    for arg in args:
+        items = arg.items if isinstance(arg, ParenList) else (arg,)
+        for item in items:
+            size += len(item.value) if isinstance(item, Atom) else _REMEMBERED_MAX_LINE + 1
+    return size <= _REMEMBERED_MAX_LINE
 
 
 @functools.lru_cache(maxsize=_REMEMBERED)

@@ -349,3 +349,8 @@ def test_a_remembered_fetch_request_is_the_same_and_errors_stay_errors() -> None
     for tag in (b"c", b"d"):
         with pytest.raises(ParseError):
             parse_fetch(parse_command(Message.from_line(tag + b" FETCH 1:5 ()\r\n")))
+    remembered = command_module._parse_fetch.cache_info().currsize
+    long_set = b",".join(b"%d" % n for n in range(1, 400))
+    request = parse_fetch(parse_command(Message.from_line(b"e FETCH " + long_set + b" FLAGS\r\n")))
+    assert request.items == (b"FLAGS",)
+    assert command_module._parse_fetch.cache_info().currsize == remembered  # too long to keep
