@@ -262,10 +262,9 @@ class Metrics:
         self._connections: dict[str | None, _ConnectionState] = {}
         self._closed_bytes = dict.fromkeys(DIRECTIONS, 0)
         self._live: Callable[[], Iterable[LiveStats]] | None = None
-        # The per-command children, by label values: `labels()` validates and locks on
-        # every call, some 5 us twice a command. Label values are bounded, so is this.
-        self._command_counters: dict[tuple[str, str, str], Any] = {}
-        self._duration_histograms: dict[str, Any] = {}
+        # Children by metric and label values (`_child`): `labels()` validates and locks
+        # on every call, some 5 us, twice a command. Label values are bounded, so is this.
+        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
         self._family = BoundedLabel()
         self._rule = BoundedLabel()
         self._action = BoundedLabel()
@@ -358,8 +357,8 @@ class Metrics:
             case ConnectionOpened(connection_id=connection_id, listener=listener):
                 self._connections[connection_id] = _ConnectionState()
                 tls = "implicit" if listener == "imaps" else "none"
-                self.connections_accepted.labels(listener=listener, tls=tls).inc()
-                self.connections_active.labels(listener=listener).inc()
+                self._child(self.connections_accepted, listener, tls).inc()
+                self._child(self.connections_active, listener).inc()
             case ConnectionClosed():
                 self._closed(event)
             case ev.UpstreamReady():
@@ -369,17 +368,15 @@ class Metrics:
             case ev.CommandCompleted(tag=tag, name=name, status=status):
                 self._command_completed(tag, name, status)
             case ev.ProtocolViolation(side=side, limit=limit):
-                self.protocol_violations.labels(side=side.value).inc()
+                self._child(self.protocol_violations, side.value).inc()
                 if limit is not None:
-                    self.limits_hit.labels(limit=limit, side=side.value).inc()
+                    self._child(self.limits_hit, limit, side.value).inc()
             case ev.ClientIdentified(family=family, confidence=confidence):
                 state = self._state()
                 state.family = self._family(family)
                 state.confidence = confidence
             case ev.RuleApplied(rule_id=rule_id, action=action):
-                self.rules_applied.labels(
-                    rule=self._rule(rule_id), action=self._action(action)
-                ).inc()
+                self._child(self.rules_applied, self._rule(rule_id), self._action(action)).inc()
             case _:
                 self._observe_by_name(event)
 
@@ -391,21 +388,20 @@ class Metrics:
                 self.record_emulation(kind, outcome)
 
     def record_emulation(self, kind: str, outcome: str) -> None:
-        self.emulations.labels(
-            kind=self._emulation_kind(kind), outcome=self._emulation_outcome(outcome)
-        ).inc()
+        kind_label, outcome_label = self._emulation_kind(kind), self._emulation_outcome(outcome)
+        self._child(self.emulations, kind_label, outcome_label).inc()
 
     def record_rule_reload(self, ok: bool) -> None:
-        self.rule_reloads.labels(outcome="ok" if ok else "failed").inc()
+        self._child(self.rule_reloads, "ok" if ok else "failed").inc()
 
     def connection_rejected(self, listener: str, reason: str, *, limit: str | None = None) -> None:
         """Admission refused a connection; `limit` (if one) also counts in limits_hit_total."""
-        self.connections_rejected.labels(listener=listener, reason=reason).inc()
+        self._child(self.connections_rejected, listener, reason).inc()
         if limit is not None:
-            self.limits_hit.labels(limit=limit, side="client").inc()
+            self._child(self.limits_hit, limit, "client").inc()
 
     def upstream_connect(self, outcome: str, duration: float | None = None) -> None:
-        self.upstream_connects.labels(outcome=outcome).inc()
+        self._child(self.upstream_connects, outcome).inc()
         if duration is not None:
             self.upstream_connect_duration.observe(duration)
 
@@ -424,6 +420,14 @@ class Metrics:
         return generate_latest(self.registry)
 
     # --------------------------------------------------------------- internals
+
+    def _child(self, metric: Counter | Gauge | Histogram, *values: str) -> Any:
+        """`metric.labels(*values)` (values in the metric's label order), looked up once."""
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def _state(self) -> _ConnectionState:
         key = current_connection.get()
@@ -444,21 +448,13 @@ class Metrics:
         started = state.in_flight.pop(tag, None)
         command = command_label(name)
         outcome = status.upper() if status.upper() in COMMAND_OUTCOMES else ABORTED
-        key = (command, outcome, state.family)
-        counter = self._command_counters.get(key)
-        if counter is None:
-            counter = self._command_counters[key] = self.commands.labels(*key)
-        counter.inc()
+        self._child(self.commands, command, outcome, state.family).inc()
         if started is not None:
-            histogram = self._duration_histograms.get(command)
-            if histogram is None:
-                histogram = self._duration_histograms[command] = self.command_duration.labels(
-                    command=command
-                )
-            histogram.observe(max(0.0, self._clock() - started[1]))
+            duration = max(0.0, self._clock() - started[1])
+            self._child(self.command_duration, command).observe(duration)
 
     def _closed(self, event: ConnectionClosed) -> None:
-        self.connections_active.labels(listener=event.listener).dec()
+        self._child(self.connections_active, event.listener).dec()
         stats = event.stats
         self._closed_bytes["client_to_upstream"] += stats.bytes_from_client
         self._closed_bytes["upstream_to_client"] += stats.bytes_from_upstream
@@ -466,11 +462,10 @@ class Metrics:
         if state is None:
             return
         for command, _started in state.in_flight.values():
-            self.commands.labels(command=command, outcome=ABORTED, client_family=state.family).inc()
+            self._child(self.commands, command, ABORTED, state.family).inc()
         if state.session_started:
-            self.sessions.labels(
-                client_family=state.family, confidence=confidence_bucket(state.confidence)
-            ).inc()
+            confidence = confidence_bucket(state.confidence)
+            self._child(self.sessions, state.family, confidence).inc()
 
     def bytes_by_direction(self) -> dict[str, int]:
         totals = dict(self._closed_bytes)
