@@ -99,9 +99,7 @@ async def _wait_readable(raw: socket.socket) -> None:
     if raw.fileno() == -1:
         raise trio.ClosedResourceError("the socket was closed")
     try:
-        await trio.lowlevel.wait_readable(raw)
-    except trio.ClosedResourceError:
-        raise
+        await trio.lowlevel.wait_readable(raw)  # ClosedResourceError if closed meanwhile
     except OSError as exc:  # pragma: no cover - epoll refusing a live socket
         raise _translated(raw, exc) from exc
 
