@@ -242,9 +242,7 @@ class FetchWatch:
         return index >= 0 and number <= self._ends[index]
 
     def saw(self, number: int) -> None:
-        if 1 <= number <= self.largest and not self.was_answered(number):
-            self.answered[number >> 3] |= 1 << (number & 7)
-            self._got += self._requested(number)
+        self.saw_all((number,))
 
     def saw_all(self, numbers: Iterable[int]) -> None:
         """`saw` each of `numbers` (a run of FETCH responses)."""
