@@ -33,9 +33,11 @@ def hot_spots(collapsed: Path, top: int) -> str:
     own: collections.Counter[str] = collections.Counter()
     total: collections.Counter[str] = collections.Counter()
     samples = 0
-    for line in collapsed.read_text().splitlines():
+    # A frame's name can hold a line break (code that attrs generates names its source
+    # line), which splits its stack over two lines: the part without a count is dropped.
+    for line in collapsed.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
-        if not stack:
+        if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
         samples += count
