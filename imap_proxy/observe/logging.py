@@ -70,7 +70,12 @@ def is_secret_key(key: str) -> bool:
     return any(word.lower() in _SECRET_WORDS for word in _WORD_SPLIT.split(key) if word)
 
 
+_SCALARS = (str, int, float, bool, type(None))  # nothing inside to redact
+
+
 def _redact_value(value: Any) -> Any:
+    if type(value) in _SCALARS:  # most values; skips the abstract Mapping check
+        return value
     if isinstance(value, Mapping):
         return {
             key: REDACTED if isinstance(key, str) and is_secret_key(key) else _redact_value(item)
