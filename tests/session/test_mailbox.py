@@ -6,12 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from imap_proxy.session import mailbox
 from imap_proxy.session.mailbox import (
     FetchWatch,
     MailboxState,
     fetch_first_line,
     fetch_first_lines,
     looks_expunged,
+    looks_like_stub,
 )
 from imap_proxy.wire.command import FetchRequest
 from imap_proxy.wire.errors import Side
@@ -161,7 +163,18 @@ def test_vanished_naming_unknown_uids_makes_the_numbers_unreliable() -> None:
         st.tuples(
             st.integers(1, 10**6),
             st.one_of(st.none(), st.integers(1, 2**32 - 1)),
-            st.sampled_from([b"FLAGS (\\Seen)", b'ENVELOPE ("UID 5" NIL)', b"RFC822.SIZE 12"]),
+            st.sampled_from(
+                [
+                    b"FLAGS (\\Seen)",
+                    b'ENVELOPE ("UID 5" NIL)',
+                    b"RFC822.SIZE 12",
+                    b"FLAGS () UID 7",
+                    b"XUID 5 FLAGS ()",
+                    b'ENVELOPE ("a" NIL) UID 9',
+                    b"UID 12345678901",
+                    b"BODY[] {5}",
+                ]
+            ),
         ),
         max_size=20,
     )
@@ -176,6 +189,60 @@ def test_a_run_reads_as_its_lines_one_by_one(
     run = b"".join(lines)
     one_by_one = [found for line in lines if (found := fetch_first_line(line)) is not None]
     assert list(fetch_first_lines(run)) == one_by_one
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(0, 8),
+    st.lists(
+        st.tuples(st.integers(-1, 12), st.one_of(st.none(), st.integers(0, 2**32))),
+        max_size=20,
+    ),
+)
+def test_a_run_learns_as_its_lines_one_by_one(
+    count: int, heads: list[tuple[int, int | None]]
+) -> None:
+    one_by_one, at_once = MailboxState(), MailboxState()
+    for box in (one_by_one, at_once):
+        box.select(b"INBOX")
+        box.exists_now(count)
+    for number, uid in heads:
+        one_by_one.learn(number, uid)
+    at_once.learn_all(heads)
+    assert at_once.exists == one_by_one.exists
+    assert [at_once.uid(n) for n in range(14)] == [one_by_one.uid(n) for n in range(14)]
+
+
+_STUB_FRAGMENTS = [
+    b"BODY[] NIL",
+    b"BODY[]<0> NIL",
+    b"BODY[]<0>NIL",
+    b"RFC822 NIL",
+    b"RFC822.HEADER NIL",
+    b"RFC822.TEXT NIL",
+    b"RFC822.SIZE 0",
+    b"RFC822.SIZE 0)",
+    b"RFC822.SIZE 01",
+    b"RFC822.SIZE 10",
+    b"ENVELOPE (NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)",
+    b"ENVELOPE (NIL NIL NIL)",
+    b'INTERNALDATE "01-Jan-1970 00:00:00 +0000"',
+    b'INTERNALDATE "01-Jan-1970 00:00:01 +0000"',
+    b"FLAGS (\\Seen)",
+    b'"a] NIL"',
+    b")",
+    b" ",
+    b"NIL",
+]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_STUB_FRAGMENTS), max_size=8))
+def test_the_first_look_for_stub_signs_misses_none_the_full_search_finds(
+    fragments: list[bytes],
+) -> None:
+    data = b"* 1 FETCH (" + b" ".join(fragments) + b")\r\n"
+    assert looks_like_stub(data) == (mailbox._STUB_SIGNS.search(data) is not None)
 
 
 @settings(max_examples=200, deadline=None)

@@ -190,12 +190,11 @@ class StubFetch(Action):
             return
         # _fetch_line for lines none of which looks like a stub: learn and mark, no keeper.
         heads = fetch_first_lines(run)
-        learn = self.mailbox.learn
-        for number, uid in heads:
-            if uid is not None:
-                learn(number, uid)
-        for watch in self._fetches.values():
-            watch.saw_all(number for number, _ in heads)
+        self.mailbox.learn_all(heads)
+        if self._fetches:
+            numbers = [number for number, _ in heads]
+            for watch in self._fetches.values():
+                watch.saw_all(numbers)
 
     def _vanished_line(self, line: bytes) -> None:
         words = line.rstrip(b"\r\n").split(b" ")
