@@ -1,7 +1,7 @@
 """What the stub-FETCH rule costs on FETCH traffic (pytest-benchmark, `bench/` only).
 
 How this works: a selected session relays SMALL_LINES one-line FETCH responses (FLAGS
-sync, then ENVELOPE listing) once with no rules and once with the shipped
+sync, UID first or last, then ENVELOPE listing) once with no rules and once with the shipped
 stub-fetch-expunged rule, which observes the first line of every untagged FETCH. The
 ratio of the two is the rule's own cost per FETCH line; bodies stream past it either way.
 """
@@ -28,6 +28,13 @@ STREAMS = {
         b"f FETCH 1:* (UID FLAGS)\r\n",
         b"".join(
             b"* %d FETCH (UID %d FLAGS (\\Seen))\r\n" % (n, n + 100)
+            for n in range(1, SMALL_LINES + 1)
+        ),
+    ),
+    "flags-then-uid": (  # Dovecot answers FETCH (FLAGS UID) in the order asked
+        b"f FETCH 1:* (FLAGS UID)\r\n",
+        b"".join(
+            b"* %d FETCH (FLAGS (\\Seen) UID %d)\r\n" % (n, n + 100)
             for n in range(1, SMALL_LINES + 1)
         ),
     ),

@@ -30,7 +30,7 @@ from array import array
 from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, cast
 
 from imap_proxy.wire.command import FetchRequest
 from imap_proxy.wire.errors import ProtocolError
@@ -54,10 +54,15 @@ _FETCH_HEAD: Final = re.compile(rb'\* (\d{1,10}) FETCH \(([^"{\r\n]*)')
 _UID_ITEM: Final = re.compile(rb"(?:^|[( ])UID (\d{1,10})(?=[ )]|$)")
 # The same over a whole run, searched in b"\n" + run: a pattern that opens with a literal
 # is scanned for it in C, where `^` in MULTILINE mode tries every position (6x slower).
-# The optional group is _UID_ITEM within the head (a lookbehind for its `^|[( ]`).
+# The optional group is the first _UID_ITEM within the head: tried first where it stands
+# in the usual answers (first; or after FLAGS and MODSEQ, whose flags hold no "UID "),
+# then by the general lazy scan (a lookbehind for `^|[( ]`), which costs 2x per line.
 _RUN_NUMBERS: Final = re.compile(rb"\n\* (\d{1,10}) FETCH \(")
+_UID_END: Final = rb'(?=[ )"{\r\n]|\Z)'
 _RUN_HEADS: Final = re.compile(
-    rb'\n\* (\d{1,10}) FETCH \((?:[^"{\r\n]*?(?<=[( ])UID (\d{1,10})(?=[ )"{\r\n]|\Z))?'
+    rb"\n\* (\d{1,10}) FETCH \((?:"
+    rb'(?:FLAGS \([^()"{\r\nU]*(?:U(?!ID )[^()"{\r\nU]*)*\) )?(?:MODSEQ \(\d{1,20}\) )?'
+    rb"UID (\d{1,10})" + _UID_END + rb'|[^"{\r\n]*?(?<=[( ])UID (\d{1,10})' + _UID_END + rb")?"
 )
 # What an upstream's own stub for an expunged message looks like (Dovecot 2.3): a body
 # item that is NIL, a zero size, an all-NIL envelope, the epoch. Lines without any of
@@ -92,12 +97,29 @@ def fetch_first_line(line: bytes) -> tuple[int, int | None] | None:
     return int(head.group(1)), None if found is None else int(found.group(1))
 
 
-def fetch_first_lines(run: bytes) -> list[tuple[int, int | None]]:
-    """`fetch_first_line` of every line of a run of one-line FETCH responses, in order."""
+def fetch_run_heads(run: bytes) -> tuple[list[int], list[int | None]]:
+    """`fetch_first_line` of every line of a run of one-line FETCH responses, in order,
+    as two lists: the message numbers, and the UIDs (None where a line names none)."""
     run = b"\n" + run  # a copy, much cheaper than the scan it saves
     if b"UID " not in run:  # no line names its UID: the numbers alone, in one pass
-        return [(int(number), None) for number in _RUN_NUMBERS.findall(run)]
-    return [(int(number), int(uid) if uid else None) for number, uid in _RUN_HEADS.findall(run)]
+        numbers = list(map(int, _RUN_NUMBERS.findall(run)))
+        return numbers, [None] * len(numbers)
+    found: list[tuple[bytes, bytes, bytes]] = _RUN_HEADS.findall(run)
+    if not found:
+        return [], []
+    number_texts = [number for number, _, _ in found]
+    uid_texts = [usual or elsewhere for _, usual, elsewhere in found]
+    uids: list[int | None] = (
+        list(map(int, uid_texts))
+        if b"" not in uid_texts
+        else [int(uid) if uid else None for uid in uid_texts]
+    )
+    return list(map(int, number_texts)), uids
+
+
+def _contiguous(numbers: list[int]) -> bool:
+    """Whether `numbers` is first, first + 1, …, last (as a `1:*` answer is)."""
+    return bool(numbers) and numbers == list(range(numbers[0], numbers[0] + len(numbers)))
 
 
 def looks_like_stub(data: bytes) -> bool:
@@ -194,18 +216,32 @@ class MailboxState:
         self.expunges_delivered += 1
 
     def learn(self, number: int, uid: int | None) -> None:
-        self.learn_all(((number, uid),))
+        self._learn_each([number], [uid])
 
-    def learn_all(self, heads: Iterable[tuple[int, int | None]]) -> None:
-        """`learn` each (number, UID) of a run, in one loop."""
-        uids = self._uids  # exists_now grows and shrinks this same array in place
-        for number, uid in heads:
+    def learn_all(self, numbers: list[int], uids: list[int | None]) -> None:
+        """`learn` each number's UID (`fetch_run_heads`' lists). The usual run, every
+        message of a range in order, each with a valid UID, is stored in one slice."""
+        known = self._uids  # exists_now grows and shrinks this same array in place
+        if _contiguous(numbers) and None not in uids:
+            every = cast(list[int], uids)
+            if (
+                numbers[0] >= 1
+                and numbers[-1] <= len(known)
+                and 0 < min(every) <= max(every) < 2**32
+            ):
+                known[numbers[0] - 1 : numbers[-1]] = array("I", every)
+                return
+        self._learn_each(numbers, uids)
+
+    def _learn_each(self, numbers: list[int], uids: list[int | None]) -> None:
+        known = self._uids
+        for number, uid in zip(numbers, uids, strict=True):
             if uid is None or number < 1:
                 continue
-            if number > len(uids):
+            if number > len(known):
                 self.exists_now(number)  # a FETCH names a message: it exists
-            if number <= len(uids) and 0 < uid < 2**32:
-                uids[number - 1] = uid
+            if number <= len(known) and 0 < uid < 2**32:
+                known[number - 1] = uid
 
     def uid(self, number: int) -> int | None:
         if 1 <= number <= len(self._uids):
@@ -225,6 +261,11 @@ class MailboxState:
             self.expunged(int(line.split(b" ", 2)[1]))
         self.held_expunges.clear()
         return out
+
+
+def _bits(low: int, high: int, base: int) -> int:
+    """A mask of the bits for messages low..high in a bitmap span starting at `base`."""
+    return ((1 << (high - low + 1)) - 1) << (low - base)
 
 
 @dataclass(slots=True)
@@ -262,10 +303,30 @@ class FetchWatch:
         return index >= 0 and number <= self._ends[index]
 
     def saw(self, number: int) -> None:
-        self.saw_all((number,))
+        self._saw_each((number,))
 
-    def saw_all(self, numbers: Iterable[int]) -> None:
-        """`saw` each of `numbers` (a run of FETCH responses)."""
+    def saw_all(self, numbers: list[int]) -> None:
+        """`saw` each of `numbers` (a run of FETCH responses). A run that answers every
+        message of a range in order (`1:*`) is marked with integer masks over the bitmap
+        (bit n of the little-endian bitmap is message n), not number by number."""
+        if not _contiguous(numbers):
+            self._saw_each(numbers)
+            return
+        low, high = max(numbers[0], 1), min(numbers[-1], self.largest)
+        if low > high:
+            return
+        first_byte, last_byte = low >> 3, high >> 3
+        base = first_byte << 3  # the message number of the span's bit 0
+        span = int.from_bytes(self.answered[first_byte : last_byte + 1], "little")
+        new = _bits(low, high, base) & ~span
+        self.answered[first_byte : last_byte + 1] = (span | new).to_bytes(
+            last_byte - first_byte + 1, "little"
+        )
+        for start, end in zip(self._starts, self._ends, strict=True):
+            if start <= high and end >= low:
+                self._got += (new & _bits(max(start, low), min(end, high), base)).bit_count()
+
+    def _saw_each(self, numbers: Iterable[int]) -> None:
         answered, largest = self.answered, self.largest
         # One requested range (the usual `1:*`, `5:20`): bounds compared, not searched.
         low, high = (self._starts[0], self._ends[0]) if len(self._starts) == 1 else (0, -1)

@@ -11,7 +11,7 @@ from imap_proxy.session.mailbox import (
     FetchWatch,
     MailboxState,
     fetch_first_line,
-    fetch_first_lines,
+    fetch_run_heads,
     looks_expunged,
     looks_like_stub,
 )
@@ -173,6 +173,14 @@ def test_vanished_naming_unknown_uids_makes_the_numbers_unreliable() -> None:
                     b'ENVELOPE ("a" NIL) UID 9',
                     b"UID 12345678901",
                     b"BODY[] {5}",
+                    b"FLAGS (\\Seen) UID 7",
+                    b"FLAGS (UID 5) UID 7",
+                    b"FLAGS (XUID) UID 8",
+                    b"FLAGS (U UI UID) UID 9",
+                    b"FLAGS (\\Seen) MODSEQ (12) UID 9",
+                    b"FLAGS (\\Seen) UID 12345678901 UID 4",
+                    b'FLAGS () X "UID 3" UID 4',
+                    b"MODSEQ (3) UID 10",
                 ]
             ),
         ),
@@ -188,15 +196,23 @@ def test_a_run_reads_as_its_lines_one_by_one(
     ]
     run = b"".join(lines)
     one_by_one = [found for line in lines if (found := fetch_first_line(line)) is not None]
-    assert list(fetch_first_lines(run)) == one_by_one
+    assert list(zip(*fetch_run_heads(run), strict=True)) == one_by_one
 
 
 @settings(max_examples=200, deadline=None)
 @given(
     st.integers(0, 8),
-    st.lists(
-        st.tuples(st.integers(-1, 12), st.one_of(st.none(), st.integers(0, 2**32))),
-        max_size=20,
+    st.one_of(
+        st.lists(
+            st.tuples(st.integers(-1, 12), st.one_of(st.none(), st.integers(0, 2**32))),
+            max_size=20,
+        ),
+        st.builds(  # the usual `1:*` answer: every message in order, UIDs rising
+            lambda first, length, uid: [(first + i, uid + 7 * i) for i in range(length)],
+            st.integers(-1, 10),
+            st.integers(1, 12),
+            st.sampled_from([0, 1, 100, 2**32 - 50]),
+        ),
     ),
 )
 def test_a_run_learns_as_its_lines_one_by_one(
@@ -208,7 +224,7 @@ def test_a_run_learns_as_its_lines_one_by_one(
         box.exists_now(count)
     for number, uid in heads:
         one_by_one.learn(number, uid)
-    at_once.learn_all(heads)
+    at_once.learn_all([n for n, _ in heads], [uid for _, uid in heads])
     assert at_once.exists == one_by_one.exists
     assert [at_once.uid(n) for n in range(14)] == [one_by_one.uid(n) for n in range(14)]
 
@@ -249,7 +265,14 @@ def test_the_first_look_for_stub_signs_misses_none_the_full_search_finds(
 @given(
     st.sampled_from([b"1:*", b"2:5", b"3,7:9,1", b"4:2", b"*"]),
     st.integers(0, 12),
-    st.lists(st.integers(-1, 14), max_size=30),
+    st.one_of(
+        st.lists(st.integers(-1, 14), max_size=30),
+        st.builds(  # every message of a range, in order
+            lambda first, length: list(range(first, first + length)),
+            st.integers(-2, 14),
+            st.integers(1, 16),
+        ),
+    ),
 )
 def test_a_run_marks_a_watch_as_its_lines_one_by_one(
     sequence: bytes, largest: int, numbers: list[int]
@@ -258,6 +281,7 @@ def test_a_run_marks_a_watch_as_its_lines_one_by_one(
     one_by_one, at_once = FetchWatch(b"t", request, largest), FetchWatch(b"t", request, largest)
     for number in numbers:
         one_by_one.saw(number)
-    at_once.saw_all(iter(numbers))
+    at_once.saw_all(numbers)
+    at_once.saw_all(numbers)  # a second answer for the same messages counts nothing
     assert at_once.missing() == one_by_one.missing()
     assert at_once.answered == one_by_one.answered

@@ -53,7 +53,7 @@ from imap_proxy.session.mailbox import (
     FetchWatch,
     MailboxState,
     fetch_first_line,
-    fetch_first_lines,
+    fetch_run_heads,
     looks_expunged,
     looks_like_stub,
 )
@@ -189,12 +189,10 @@ class StubFetch(Action):
             super().on_untagged_run(kind, run, running)
             return
         # _fetch_line for lines none of which looks like a stub: learn and mark, no keeper.
-        heads = fetch_first_lines(run)
-        self.mailbox.learn_all(heads)
-        if self._fetches:
-            numbers = [number for number, _ in heads]
-            for watch in self._fetches.values():
-                watch.saw_all(numbers)
+        numbers, uids = fetch_run_heads(run)
+        self.mailbox.learn_all(numbers, uids)
+        for watch in self._fetches.values():
+            watch.saw_all(numbers)
 
     def _vanished_line(self, line: bytes) -> None:
         words = line.rstrip(b"\r\n").split(b" ")
