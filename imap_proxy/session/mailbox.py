@@ -105,8 +105,6 @@ def fetch_run_heads(run: bytes) -> tuple[list[int], list[int | None]]:
         numbers = list(map(int, _RUN_NUMBERS.findall(run)))
         return numbers, [None] * len(numbers)
     found: list[tuple[bytes, bytes, bytes]] = _RUN_HEADS.findall(run)
-    if not found:
-        return [], []
     number_texts = [number for number, _, _ in found]
     uid_texts = [usual or elsewhere for _, usual, elsewhere in found]
     uids: list[int | None] = (
@@ -117,9 +115,13 @@ def fetch_run_heads(run: bytes) -> tuple[list[int], list[int | None]]:
     return list(map(int, number_texts)), uids
 
 
-def _contiguous(numbers: list[int]) -> bool:
+def in_order(numbers: list[int]) -> bool:
     """Whether `numbers` is first, first + 1, …, last (as a `1:*` answer is)."""
-    return bool(numbers) and numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+    return (
+        bool(numbers)
+        and numbers[-1] - numbers[0] == len(numbers) - 1  # most others fail here, cheaply
+        and numbers == list(range(numbers[0], numbers[-1] + 1))
+    )
 
 
 def looks_like_stub(data: bytes) -> bool:
@@ -218,11 +220,14 @@ class MailboxState:
     def learn(self, number: int, uid: int | None) -> None:
         self._learn_each([number], [uid])
 
-    def learn_all(self, numbers: list[int], uids: list[int | None]) -> None:
-        """`learn` each number's UID (`fetch_run_heads`' lists). The usual run, every
-        message of a range in order, each with a valid UID, is stored in one slice."""
+    def learn_all(
+        self, numbers: list[int], uids: list[int | None], ordered: bool | None = None
+    ) -> None:
+        """`learn` each number's UID (`fetch_run_heads`' lists; `ordered`: `in_order(numbers)`
+        if the caller knows it). The usual run, every message of a range in order, each
+        with a valid UID, is stored in one slice."""
         known = self._uids  # exists_now grows and shrinks this same array in place
-        if _contiguous(numbers) and None not in uids:
+        if (in_order(numbers) if ordered is None else ordered) and None not in uids:
             every = cast(list[int], uids)
             if (
                 numbers[0] >= 1
@@ -305,11 +310,12 @@ class FetchWatch:
     def saw(self, number: int) -> None:
         self._saw_each((number,))
 
-    def saw_all(self, numbers: list[int]) -> None:
-        """`saw` each of `numbers` (a run of FETCH responses). A run that answers every
-        message of a range in order (`1:*`) is marked with integer masks over the bitmap
-        (bit n of the little-endian bitmap is message n), not number by number."""
-        if not _contiguous(numbers):
+    def saw_all(self, numbers: list[int], ordered: bool | None = None) -> None:
+        """`saw` each of `numbers` (a run of FETCH responses; `ordered` as for `learn_all`).
+        A run that answers every message of a range in order (`1:*`) is marked with
+        integer masks over the bitmap (bit n of the little-endian bitmap is message n),
+        not number by number."""
+        if not (in_order(numbers) if ordered is None else ordered):
             self._saw_each(numbers)
             return
         low, high = max(numbers[0], 1), min(numbers[-1], self.largest)

@@ -54,6 +54,7 @@ from imap_proxy.session.mailbox import (
     MailboxState,
     fetch_first_line,
     fetch_run_heads,
+    in_order,
     looks_expunged,
     looks_like_stub,
 )
@@ -190,9 +191,10 @@ class StubFetch(Action):
             return
         # _fetch_line for lines none of which looks like a stub: learn and mark, no keeper.
         numbers, uids = fetch_run_heads(run)
-        self.mailbox.learn_all(numbers, uids)
+        ordered = in_order(numbers)  # asked once for the map and every watch
+        self.mailbox.learn_all(numbers, uids, ordered)
         for watch in self._fetches.values():
-            watch.saw_all(numbers)
+            watch.saw_all(numbers, ordered)
 
     def _vanished_line(self, line: bytes) -> None:
         words = line.rstrip(b"\r\n").split(b" ")
