@@ -11,6 +11,10 @@ greeting text and response text reach the client byte for byte. Dropped always: 
 stream) and SCRAM-*-PLUS (channel binding cannot cross a TLS-terminating proxy). STARTTLS
 is the client listener's to offer; LITERAL+ is always offered, since the proxy converts
 non-synchronizing literals for upstreams without it.
+
+Thousands of sessions see the same few capability lines, so splitting a line's list and
+computing the core list from it are remembered (bounded, small lines only): each is a
+pure function of its arguments, and a login does both twice.
 """
 
 from __future__ import annotations
@@ -19,12 +23,26 @@ import re
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Final, TypeVar
 
 _CODE = re.compile(rb"\[CAPABILITY( [^\]\r\n]*)?\]", re.IGNORECASE)
 _DATA = re.compile(rb"^\* CAPABILITY(?: ([^\r\n]*))?(\r?\n)\Z", re.IGNORECASE)
 
 # Handled by the proxy itself; the upstream's word on these never reaches the client.
 _PROXY_OWNED = frozenset({"IMAP4REV2", "STARTTLS", "LOGINDISABLED", "LITERAL+", "LITERAL-"})
+
+MEMO_ENTRIES: Final = 256  # distinct lists remembered (per kind), the oldest forgotten first
+MEMO_MAX_TEXT: Final = 4096  # octets: a longer capability list is split every time
+
+_Key = TypeVar("_Key")
+_split_memo: dict[bytes, tuple[str, ...]] = {}
+_core_memo: dict[tuple[tuple[str, ...], ClientTransport], tuple[str, ...]] = {}
+
+
+def _remember(memo: dict[_Key, tuple[str, ...]], key: _Key, value: tuple[str, ...]) -> None:
+    if len(memo) >= MEMO_ENTRIES:
+        del memo[next(iter(memo))]
+    memo[key] = value
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +67,15 @@ def _relayable(capability: str) -> bool:
 
 def client_capabilities(upstream: Iterable[str], transport: ClientTransport) -> list[str]:
     """The capability list the client sees, in the upstream's order where it has one."""
-    upstream = list(upstream)
+    key = (tuple(upstream), transport)
+    known = _core_memo.get(key)
+    if known is None:
+        known = tuple(_client_capabilities(list(key[0]), transport))
+        _remember(_core_memo, key, known)
+    return list(known)
+
+
+def _client_capabilities(upstream: list[str], transport: ClientTransport) -> list[str]:
     upstream_upper = {cap.upper() for cap in upstream}
     caps: list[str] = []
     for cap in upstream:
@@ -69,9 +95,14 @@ def client_capabilities(upstream: Iterable[str], transport: ClientTransport) -> 
 
 
 def split_capabilities(text: bytes) -> list[str]:
-    # A name with non-ASCII octets is no capability: it cannot be relayed, so it is dropped.
-    # Interned: thousands of sessions hold the same few dozen capability names.
-    return [sys.intern(word.decode("ascii")) for word in text.split() if word.isascii()]
+    known = _split_memo.get(text)
+    if known is None:
+        # A name with non-ASCII octets is no capability: it cannot be relayed, so it is
+        # dropped. Interned: thousands of sessions hold the same few dozen names.
+        known = tuple(sys.intern(word.decode("ascii")) for word in text.split() if word.isascii())
+        if len(text) <= MEMO_MAX_TEXT:
+            _remember(_split_memo, text, known)
+    return list(known)
 
 
 def capabilities_in_line(line: bytes) -> list[str] | None:
