@@ -8,7 +8,8 @@ actions of those that hold, in priority order; the session calls it whenever a f
 changes, so a rule applies from the moment its match holds (when nothing a match reads
 has changed, a refresh keeps what it has). The hooks are:
 
-* `capabilities(caps)`      - shape the capability list clients see;
+* `capabilities(caps)`      - shape the capability list clients see (only the actions
+                              that override it are asked: `shapers`);
 * `held_commands`           - verbs an action wants to see whole (the session holds them);
 * `on_command(cmd)`         - rewrite a command, answer it locally, or emulate it with a
                               script of upstream commands (`actions.base.Emulate`);
@@ -63,6 +64,8 @@ def _no_commands() -> list[tuple[bytes, str]]:
 
 
 MATCHES_REMEMBERED = 1024  # per rule set: match inputs -> the rules that match
+# A refresh's remembered answer: the inputs (the shared copy), the matching rules, their ids.
+_Matched = tuple[tuple[object, ...], tuple[Rule, ...], tuple[str, ...]]
 
 
 @functools.lru_cache(maxsize=256)
@@ -184,6 +187,9 @@ class _HookSets:
     watches_untagged: bool
     watches_tagged: bool
     maps_tags: bool
+    # Where in the active list the actions that shape capabilities stand (the others'
+    # `capabilities()` is the no-op of `Action`, not worth a call for every list).
+    shaper_positions: tuple[int, ...]
 
     @classmethod
     def of(cls, active: list[Action]) -> _HookSets:
@@ -200,6 +206,11 @@ class _HookSets:
             or any(a.holds_untagged for a in active),
             watches_tagged=any(a.watches_tagged for a in active),
             maps_tags=any(a.maps_tags for a in active),
+            shaper_positions=tuple(
+                at
+                for at, action in enumerate(active)
+                if type(action).capabilities is not Action.capabilities
+            ),
         )
 
 
@@ -210,6 +221,7 @@ class SessionRules:
         self._rules: tuple[Rule, ...] = ruleset.enabled
         self._built: dict[str, list[Action]] = {}
         self.active: list[Action] = []
+        self.shapers: list[Action] = []  # the active actions that shape capabilities
         self.held_commands: frozenset[str] = frozenset()
         self.head_commands: frozenset[str] = frozenset()
         self.response_kinds: frozenset[str] = frozenset()
@@ -218,6 +230,7 @@ class SessionRules:
         self.watches_tagged = False
         self.maps_tags = False
         self._inputs: tuple[object, ...] | None = None
+        self._matching: tuple[str, ...] | None = None  # the ids of the rules that match
         self.refresh()
 
     @property
@@ -231,26 +244,29 @@ class SessionRules:
         # Which rules match is a function of the inputs: sessions of this rule set share
         # the answers (bounded: first tags and ID fields come from clients), and the
         # session keeps the shared copy of its inputs, not one of its own.
-        remembered: dict[tuple[object, ...], tuple[tuple[object, ...], tuple[Rule, ...]]] = (
-            self._cache.setdefault("matches", {})
-        )
+        remembered: dict[tuple[object, ...], _Matched] = self._cache.setdefault("matches", {})
         known = remembered.get(inputs)
         if known is None:
             matching = tuple(rule for rule in self._rules if matches(rule.match, self.view))
             if len(remembered) >= MATCHES_REMEMBERED:
                 del remembered[next(iter(remembered))]  # the oldest
-            known = remembered[inputs] = (inputs, matching)
-        self._inputs, matching = known
+            known = remembered[inputs] = (inputs, matching, tuple(rule.id for rule in matching))
+        self._inputs, matching, key = known
+        if key == self._matching:
+            return  # the same rules match: the same actions stay active
+        self._matching = key
+        built = self._built
         active: list[Action] = []
         for rule in matching:
-            if rule.id not in self._built:
-                self._built[rule.id] = self._actions_of(rule)
-            active += self._built[rule.id]
+            actions = built.get(rule.id)
+            if actions is None:
+                actions = built[rule.id] = self._actions_of(rule)
+            active += actions
         self.active = active
-        key = tuple(rule.id for rule in matching)
         hooks = self._cache.get(key)
         if hooks is None:
             hooks = self._cache[key] = _HookSets.of(active)
+        self.shapers = [active[at] for at in hooks.shaper_positions]
         self.held_commands = hooks.held_commands
         self.head_commands = hooks.head_commands
         self.response_kinds = hooks.response_kinds
@@ -273,7 +289,7 @@ class SessionRules:
 
     def capabilities(self, caps: list[str]) -> tuple[list[str], list[Applied]]:
         applied: list[Applied] = []
-        for action in self.active:
+        for action in self.shapers:
             shaped = action.capabilities(caps, self.view)
             if shaped != caps:
                 applied.append((action.rule_id, action.kind))

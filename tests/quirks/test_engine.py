@@ -138,6 +138,37 @@ def test_capabilities_action_prepends_and_removes(tmp_path: Path) -> None:
     assert applied(out) == [("shape", "capabilities")]
 
 
+def test_only_actions_that_shape_capabilities_are_asked_and_later_matches_count(
+    tmp_path: Path,
+) -> None:
+    rules = ruleset(
+        tmp_path,
+        f"""rules:
+  - id: strip
+    summary: x
+    {EVIDENCE}
+    actions: [{{type: strip_trailing_separator}}]
+  - id: shape-for-numeric-tags
+    summary: x
+    {EVIDENCE}
+    match: {{tag_pattern: '^[0-9]+$'}}
+    actions: [{{type: capabilities, add: [XTEST]}}]
+""",
+    )
+    session = session_with(rules)
+    assert [a.rule_id for a in session.hooks.rules.active] == ["strip"]
+    assert session.hooks.rules.shapers == []
+    session.receive_from_client(b"1 CAPABILITY\r\n")  # the first tag makes the rule match
+    assert [a.rule_id for a in session.hooks.rules.shapers] == ["shape-for-numeric-tags"]
+    out = session.receive_from_upstream(b"* CAPABILITY IMAP4rev1 IDLE\r\n1 OK done\r\n")
+    assert to_client(out) == b"* CAPABILITY IMAP4rev1 IDLE LITERAL+ XTEST\r\n1 OK done\r\n"
+    assert ("shape-for-numeric-tags", "capabilities") in applied(out)
+    other = session_with(rules)
+    other.receive_from_client(b"x1 CAPABILITY\r\n")
+    out = other.receive_from_upstream(b"* CAPABILITY IMAP4rev1 IDLE\r\nx1 OK done\r\n")
+    assert to_client(out) == b"* CAPABILITY IMAP4rev1 IDLE LITERAL+\r\nx1 OK done\r\n"
+
+
 def test_answer_id_only_where_the_upstream_lacks_it(tmp_path: Path) -> None:
     rules = ruleset(
         tmp_path,
