@@ -21,6 +21,8 @@ from typing import Any, Final
 PROXY: Final = "proxy"
 DIRECT: Final = "direct"
 NGINX: Final = "nginx"
+SOCAT: Final = "socat"
+C_RELAYS: Final = (SOCAT, NGINX)  # the peers that only relay a login, written in C
 TRIO_RELAY: Final = "trio-relay"  # bench.relay --engine trio: the proxy's I/O, nothing else
 NO_RULES: Final = "proxy-norules"
 SPARES: Final = "proxy-spares"  # upstream.spare_connections on (logins only)
@@ -228,6 +230,18 @@ def check_targets(results: Results) -> list[TargetCheck]:
                 "  for scale: a bare trio relay ÷ direct",
                 format_ratio(relayed),
                 "n/a: the floor of the proxy's I/O stack, not a target",
+            )
+        )
+    peers = {name: ratio(results, "logins", "per_sec", name, DIRECT) for name in C_RELAYS}
+    measured_peers = {name: value for name, value in peers.items() if value is not None}
+    if measured_peers:
+        checks.append(
+            TargetCheck(
+                "  for scale: the relays in C ÷ direct",
+                ", ".join(
+                    f"{name} {format_ratio(ratio_)}" for name, ratio_ in measured_peers.items()
+                ),
+                "n/a: what a login costs through any relay on this host, not a target",
             )
         )
     spared = ratio(results, "logins", "per_sec", SPARES, DIRECT)

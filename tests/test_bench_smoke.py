@@ -90,7 +90,11 @@ def test_ratio_table_relates_every_target_to_direct() -> None:
 
 
 def test_target_verdicts() -> None:
-    verdicts = {check.target: check.status for check in check_targets(synthetic_results())}
+    verdicts = {
+        check.target: check.status
+        for check in check_targets(synthetic_results())
+        if not check.target.startswith("  for scale")
+    }
     assert verdicts == {
         "large FETCH >= 0.85 x direct": "met",
         "large FETCH >= nginx": "met",
@@ -118,11 +122,25 @@ def test_a_bare_trio_relay_is_shown_for_scale_and_never_judged() -> None:
     assert cells[-2:] == ["1.15x", "1.50x"]  # proxy ÷ trio-relay, proxy ÷ nginx
 
 
+def test_the_c_relays_login_ratio_is_shown_for_scale_and_never_judged() -> None:
+    checks = {check.target: check for check in check_targets(synthetic_results())}
+    peers = checks["  for scale: the relays in C ÷ direct"]
+    assert peers.measured == "socat 0.95x, nginx 0.75x"  # 190 and 150 vs 200 logins/s
+    assert peers.status.startswith("n/a:")
+    results = synthetic_results()
+    for name in ("socat", "nginx"):
+        del results["figures"]["logins"][name]
+    assert all(not c.target.startswith("  for scale") for c in check_targets(results))
+
+
 def test_idle_verdict_below_ten_thousand_sessions_is_not_a_pass() -> None:
-    small_run = check_targets(synthetic_results(idle_sessions=2000, proxy_rss_mb=60.0))[4]
+    def idle_check(results: dict[str, Any]) -> Any:
+        return next(c for c in check_targets(results) if c.target.startswith("10,000 IDLE"))
+
+    small_run = idle_check(synthetic_results(idle_sessions=2000, proxy_rss_mb=60.0))
     assert small_run.status.startswith("n/a: run with --idle 10000")
     assert "projected" in small_run.measured
-    too_big = check_targets(synthetic_results(proxy_rss_mb=450.0))[4]
+    too_big = idle_check(synthetic_results(proxy_rss_mb=450.0))
     assert too_big.status == "NOT MET"
 
 
