@@ -12,6 +12,7 @@ import logging
 import re
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -54,6 +55,24 @@ def test_json_output_has_the_standard_fields(capsys: pytest.CaptureFixture[str])
     assert event["timestamp"].endswith("Z")
     timestamp = datetime.fromisoformat(event["timestamp"])
     assert timestamp.utcoffset() == timedelta(0)
+
+
+class _Shown:
+    def __structlog__(self) -> str:
+        return "shown its own way"
+
+
+def test_json_shows_values_it_cannot_encode_by_repr_or_their_own_way(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging(LogFormat.JSON, "info")
+    get_logger("imap_proxy.test").info(
+        "odd values", path=Path("/etc/imap-proxy"), shown=_Shown(), text="é\n", number=1.5
+    )
+    [event] = json_lines(capsys.readouterr().err)
+    assert event["path"] == repr(Path("/etc/imap-proxy"))
+    assert event["shown"] == "shown its own way"
+    assert event["text"] == "é\n" and event["number"] == 1.5
 
 
 def test_level_filters_lower_events(capsys: pytest.CaptureFixture[str]) -> None:
