@@ -165,6 +165,8 @@ class RuleHooks:
         return self._record(applied)
 
     def _record(self, applied: list[Applied]) -> list[ev.Event]:
+        if not applied:  # nearly every hook call: Counter.update() is no cheap no-op
+            return []
         self.applied.update(applied)
         return [ev.RuleApplied(rule_id, action) for rule_id, action in applied]
 
