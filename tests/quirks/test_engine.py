@@ -138,22 +138,26 @@ def test_capabilities_action_prepends_and_removes(tmp_path: Path) -> None:
     assert applied(out) == [("shape", "capabilities")]
 
 
+def rule_text(rule_id: str, actions: str, match: str | None = None) -> str:
+    """One rule of a rules file, with the summary and evidence every rule needs."""
+    lines = [f"  - id: {rule_id}", "    summary: x", f"    {EVIDENCE}"]
+    if match is not None:
+        lines.append(f"    match: {match}")
+    return "\n".join([*lines, f"    actions: {actions}"]) + "\n"
+
+
 def test_only_actions_that_shape_capabilities_are_asked_and_later_matches_count(
     tmp_path: Path,
 ) -> None:
     rules = ruleset(
         tmp_path,
-        f"""rules:
-  - id: strip
-    summary: x
-    {EVIDENCE}
-    actions: [{{type: strip_trailing_separator}}]
-  - id: shape-for-numeric-tags
-    summary: x
-    {EVIDENCE}
-    match: {{tag_pattern: '^[0-9]+$'}}
-    actions: [{{type: capabilities, add: [XTEST]}}]
-""",
+        "rules:\n"
+        + rule_text("strip", "[{type: strip_trailing_separator}]")
+        + rule_text(
+            "shape-for-numeric-tags",
+            "[{type: capabilities, add: [XTEST]}]",
+            match="{tag_pattern: '^[0-9]+$'}",
+        ),
     )
     session = session_with(rules)
     assert [a.rule_id for a in session.hooks.rules.active] == ["strip"]
