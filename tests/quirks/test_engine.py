@@ -6,8 +6,16 @@ from pathlib import Path
 
 import pytest
 
+from imap_proxy.quirks.actions.capabilities import SHAPED_REMEMBERED, ShapeCapabilities
 from imap_proxy.quirks.engine import MATCHES_REMEMBERED, SessionView, matches
-from imap_proxy.quirks.model import Match, RuleLoadError, RuleSet, load_rules, rules_json_schema
+from imap_proxy.quirks.model import (
+    CapabilitiesAction,
+    Match,
+    RuleLoadError,
+    RuleSet,
+    load_rules,
+    rules_json_schema,
+)
 from imap_proxy.session import events as ev
 from imap_proxy.session.proxy import ProxySession
 from imap_proxy.session.settings import SessionSettings
@@ -136,6 +144,20 @@ def test_capabilities_action_prepends_and_removes(tmp_path: Path) -> None:
     out = session.receive_from_upstream(b"* OK [CAPABILITY IMAP4rev2 IDLE] hi\r\n")
     assert to_client(out) == b"* OK [CAPABILITY IMAP4rev1 LITERAL+ XTEST] hi\r\n"
     assert applied(out) == [("shape", "capabilities")]
+
+
+def test_a_shaping_action_remembers_each_list_apart_and_hands_out_copies() -> None:
+    spec = CapabilitiesAction(type="capabilities", prepend=["IMAP4rev1"], remove=["idle"])
+    shape = ShapeCapabilities("shape", spec)
+    view = SessionView()
+    assert shape.capabilities(["IDLE", "MOVE"], view) == ["IMAP4rev1", "MOVE"]
+    assert shape.capabilities(["IMAP4rev1", "ID"], view) == ["IMAP4rev1", "ID"]
+    first = shape.capabilities(["IDLE", "MOVE"], view)  # remembered now
+    first.append("XSPOILED")
+    assert shape.capabilities(["IDLE", "MOVE"], view) == ["IMAP4rev1", "MOVE"]
+    for number in range(SHAPED_REMEMBERED + 10):  # an upstream could vary its list
+        assert shape.capabilities([f"X{number}"], view) == ["IMAP4rev1", f"X{number}"]
+    assert len(shape._shaped) == SHAPED_REMEMBERED
 
 
 def rule_text(rule_id: str, actions: str, match: str | None = None) -> str:
