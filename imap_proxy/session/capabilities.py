@@ -19,11 +19,12 @@ pure function of its arguments, and a login does both twice.
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Final
 
 _CODE = re.compile(rb"\[CAPABILITY( [^\]\r\n]*)?\]", re.IGNORECASE)
 _DATA = re.compile(rb"^\* CAPABILITY(?: ([^\r\n]*))?(\r?\n)\Z", re.IGNORECASE)
@@ -31,18 +32,8 @@ _DATA = re.compile(rb"^\* CAPABILITY(?: ([^\r\n]*))?(\r?\n)\Z", re.IGNORECASE)
 # Handled by the proxy itself; the upstream's word on these never reaches the client.
 _PROXY_OWNED = frozenset({"IMAP4REV2", "STARTTLS", "LOGINDISABLED", "LITERAL+", "LITERAL-"})
 
-MEMO_ENTRIES: Final = 256  # distinct lists remembered (per kind), the oldest forgotten first
+MEMO_ENTRIES: Final = 256  # distinct lists remembered (per kind), least recently used go
 MEMO_MAX_TEXT: Final = 4096  # octets: a longer capability list is split every time
-
-_Key = TypeVar("_Key")
-_split_memo: dict[bytes, tuple[str, ...]] = {}
-_core_memo: dict[tuple[tuple[str, ...], ClientTransport], tuple[str, ...]] = {}
-
-
-def _remember(memo: dict[_Key, tuple[str, ...]], key: _Key, value: tuple[str, ...]) -> None:
-    if len(memo) >= MEMO_ENTRIES:
-        del memo[next(iter(memo))]
-    memo[key] = value
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,15 +58,11 @@ def _relayable(capability: str) -> bool:
 
 def client_capabilities(upstream: Iterable[str], transport: ClientTransport) -> list[str]:
     """The capability list the client sees, in the upstream's order where it has one."""
-    key = (tuple(upstream), transport)
-    known = _core_memo.get(key)
-    if known is None:
-        known = tuple(_client_capabilities(list(key[0]), transport))
-        _remember(_core_memo, key, known)
-    return list(known)
+    return list(_core_capabilities(tuple(upstream), transport))
 
 
-def _client_capabilities(upstream: list[str], transport: ClientTransport) -> list[str]:
+@functools.lru_cache(maxsize=MEMO_ENTRIES)
+def _core_capabilities(upstream: tuple[str, ...], transport: ClientTransport) -> tuple[str, ...]:
     upstream_upper = {cap.upper() for cap in upstream}
     caps: list[str] = []
     for cap in upstream:
@@ -91,18 +78,20 @@ def _client_capabilities(upstream: list[str], transport: ClientTransport) -> lis
     if transport.login_disabled or "LOGINDISABLED" in upstream_upper:
         caps.append("LOGINDISABLED")
     caps.append("LITERAL+")
-    return caps
+    return tuple(caps)
 
 
 def split_capabilities(text: bytes) -> list[str]:
-    known = _split_memo.get(text)
-    if known is None:
-        # A name with non-ASCII octets is no capability: it cannot be relayed, so it is
-        # dropped. Interned: thousands of sessions hold the same few dozen names.
-        known = tuple(sys.intern(word.decode("ascii")) for word in text.split() if word.isascii())
-        if len(text) <= MEMO_MAX_TEXT:
-            _remember(_split_memo, text, known)
-    return list(known)
+    return list(_split_remembered(text) if len(text) <= MEMO_MAX_TEXT else _split(text))
+
+
+def _split(text: bytes) -> tuple[str, ...]:
+    # A name with non-ASCII octets is no capability: it cannot be relayed, so it is dropped.
+    # Interned: thousands of sessions hold the same few dozen capability names.
+    return tuple(sys.intern(word.decode("ascii")) for word in text.split() if word.isascii())
+
+
+_split_remembered = functools.lru_cache(maxsize=MEMO_ENTRIES)(_split)
 
 
 def capabilities_in_line(line: bytes) -> list[str] | None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from imap_proxy.quirks.actions.capabilities import SHAPED_REMEMBERED, ShapeCapabilities
+from imap_proxy.quirks.actions.capabilities import SHAPED_REMEMBERED, ShapeCapabilities, _shaped
 from imap_proxy.quirks.engine import MATCHES_REMEMBERED, SessionView, matches
 from imap_proxy.quirks.model import (
     CapabilitiesAction,
@@ -157,7 +157,7 @@ def test_a_shaping_action_remembers_each_list_apart_and_hands_out_copies() -> No
     assert shape.capabilities(["IDLE", "MOVE"], view) == ["IMAP4rev1", "MOVE"]
     for number in range(SHAPED_REMEMBERED + 10):  # an upstream could vary its list
         assert shape.capabilities([f"X{number}"], view) == ["IMAP4rev1", f"X{number}"]
-    assert len(shape._shaped) == SHAPED_REMEMBERED
+    assert _shaped.cache_info().currsize == SHAPED_REMEMBERED
 
 
 def rule_text(rule_id: str, actions: str, match: str | None = None) -> str:

@@ -1,8 +1,8 @@
 """Capability shaping and the ID answer.
 
 How this works: `ShapeCapabilities` adds and removes names (case-insensitively, keeping
-the list's order; `prepend` names go first, as IMAP4rev1 conventionally does), and
-remembers its answer for the last few lists it saw (a pure function of the list).
+the list's order; `prepend` names go first, as IMAP4rev1 conventionally does); the
+answer, a function of the list and the rule's parameters, is remembered for the last few.
 `AnswerId` makes ID safe in every state: it advertises ID and, when the upstream has no
 ID, answers the command itself (RFC 2971: the ID never makes the proxy refuse service).
 When the upstream has ID the session forwards the client's ID (minus spoofable fields).
@@ -10,6 +10,7 @@ When the upstream has ID the session forwards the client's ID (minus spoofable f
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 from imap_proxy.quirks.actions.base import Action, LocalAnswer, Rewrite
@@ -21,41 +22,38 @@ if TYPE_CHECKING:
     from imap_proxy.quirks.engine import SessionView
 
 
-def _without(caps: list[str], names: set[str]) -> list[str]:
-    return [cap for cap in caps if cap.upper() not in names]
+SHAPED_REMEMBERED = 64  # capability lists (with a rule's parameters) whose shape is kept
 
 
-SHAPED_REMEMBERED = 64  # capability lists one shaping action remembers its answer for
+@functools.lru_cache(maxsize=SHAPED_REMEMBERED)
+def _shaped(
+    caps: tuple[str, ...],
+    prepend: tuple[str, ...],
+    add: tuple[str, ...],
+    remove: frozenset[str],
+) -> tuple[str, ...]:
+    """The list with `remove` taken out, `prepend` first and `add` last (where absent):
+    a function of its arguments, and every session asks with the same few lists."""
+    kept = [cap for cap in caps if cap.upper() not in remove]
+    present = {cap.upper() for cap in kept}
+    front = [name for name in prepend if name.upper() not in present]
+    present |= {name.upper() for name in front}
+    back = [name for name in add if name.upper() not in present]
+    return (*front, *kept, *back)
 
 
 class ShapeCapabilities(Action):
-    shared = True  # configuration only (and a memo of its answers, a function of the list)
+    shared = True  # configuration only
     kind = "capabilities"
 
     def __init__(self, rule_id: str, spec: CapabilitiesAction) -> None:
         super().__init__(rule_id)
-        self.prepend = list(spec.prepend)
-        self.add = list(spec.add)
-        self.remove = {name.upper() for name in spec.remove}
-        self._shaped: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self.prepend = tuple(spec.prepend)
+        self.add = tuple(spec.add)
+        self.remove = frozenset(name.upper() for name in spec.remove)
 
     def capabilities(self, caps: list[str], view: SessionView) -> list[str]:
-        # Every session of the rule set asks with the same few lists.
-        key = tuple(caps)
-        known = self._shaped.get(key)
-        if known is None:
-            if len(self._shaped) >= SHAPED_REMEMBERED:
-                del self._shaped[next(iter(self._shaped))]
-            known = self._shaped[key] = tuple(self._shape(caps))
-        return list(known)
-
-    def _shape(self, caps: list[str]) -> list[str]:
-        caps = _without(caps, self.remove)
-        present = {cap.upper() for cap in caps}
-        front = [name for name in self.prepend if name.upper() not in present]
-        present |= {name.upper() for name in front}
-        back = [name for name in self.add if name.upper() not in present]
-        return front + caps + back
+        return list(_shaped(tuple(caps), self.prepend, self.add, self.remove))
 
 
 class AnswerId(Action):
