@@ -218,7 +218,12 @@ class MailboxState:
         self.expunges_delivered += 1
 
     def learn(self, number: int, uid: int | None) -> None:
-        self._learn_each([number], [uid])
+        if uid is None or number < 1:
+            return
+        if number > len(self._uids):
+            self.exists_now(number)  # a FETCH names a message: it exists
+        if number <= len(self._uids) and 0 < uid < 2**32:
+            self._uids[number - 1] = uid
 
     def learn_all(
         self, numbers: list[int], uids: list[int | None], ordered: bool | None = None
@@ -236,17 +241,9 @@ class MailboxState:
             ):
                 known[numbers[0] - 1 : numbers[-1]] = array("I", every)
                 return
-        self._learn_each(numbers, uids)
-
-    def _learn_each(self, numbers: list[int], uids: list[int | None]) -> None:
-        known = self._uids
+        learn = self.learn
         for number, uid in zip(numbers, uids, strict=True):
-            if uid is None or number < 1:
-                continue
-            if number > len(known):
-                self.exists_now(number)  # a FETCH names a message: it exists
-            if number <= len(known) and 0 < uid < 2**32:
-                known[number - 1] = uid
+            learn(number, uid)
 
     def uid(self, number: int) -> int | None:
         if 1 <= number <= len(self._uids):
