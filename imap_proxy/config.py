@@ -156,6 +156,22 @@ class LimitsConfig(_Strict):
     )
 
 
+class PerformanceConfig(_Strict):
+    """Trading CPU for latency."""
+
+    busy_poll_us: int = Field(
+        default=500,
+        ge=0,
+        le=100_000,
+        description="a plain TCP read whose last wait was shorter than this polls for up "
+        "to this long (yielding to every other connection) before the process sleeps; "
+        "0: never poll. Saves the wake-up after a sleep on each round trip",
+    )
+    busy_pollers: int = Field(
+        default=2, ge=1, description="reads that may poll at once, across the process"
+    )
+
+
 class TimeoutsConfig(_Strict):
     """Timeouts in seconds."""
 
@@ -300,6 +316,7 @@ class ProxyConfig(_Strict):
     log: LogConfig = Field(default_factory=LogConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
+    performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
     id: IdConfig = Field(default_factory=IdConfig)
     proxy_protocol: ProxyProtocolConfig = Field(default_factory=ProxyProtocolConfig)
     recorder: RecorderConfig = Field(default_factory=RecorderConfig)

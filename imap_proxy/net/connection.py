@@ -11,7 +11,9 @@ the configuration (`session_settings()`), then runs its tasks in one nursery:
   `high_water` octets queued (backpressure). Every batch wakes all waiters, because a
   batch from one side is what un-pauses the other. Reads (and the writers' writes) go
   through net/sockio.py, which calls a plain TCP socket directly instead of paying a
-  scheduler pass per call; a read sits in a cancel scope (which a TLS switch or the
+  scheduler pass per call (and, for a read whose last wait was short, polls a moment
+  before sleeping: `performance.busy_poll_us`, shared across the server's connections);
+  a read sits in a cancel scope (which a TLS switch or the
   closing cancels) only while its stream may still be switched to TLS;
 * two `QueuedWriter`s, which own the writing to each stream, so sends stay in order per
   destination and never overlap. A reader queues its batch's output without waking them
@@ -62,7 +64,7 @@ import trio
 
 from imap_proxy.config import ProxyConfig, UpstreamSecurity
 from imap_proxy.net.limits import DEFAULT_HIGH_WATER, QueuedWriter
-from imap_proxy.net.sockio import StreamReader
+from imap_proxy.net.sockio import BusyPoll, StreamReader
 from imap_proxy.net.timers import Timers
 from imap_proxy.net.upstream import Dialer, UpstreamUnavailable, describe_failure
 from imap_proxy.observe.logging import get_logger, user_label
@@ -229,8 +231,13 @@ class ClientConnection:
         proxied_by: str | None = None,
         rules: RuleStore | None = None,
         timers: Timers | None = None,
+        busy_poll: BusyPoll | None = None,
     ) -> None:
         self.connection_id = connection_id or new_connection_id()
+        if busy_poll is None:  # the server shares one; a connection on its own has its own
+            tuning = config.performance
+            busy_poll = BusyPoll.from_microseconds(tuning.busy_poll_us, tuning.busy_pollers)
+        self._busy_poll = busy_poll
         self._timers = timers  # the server's; None: this connection runs its own
         self._rules = rules  # each session starts with the store's current snapshot
         self.listener = listener
@@ -530,14 +537,14 @@ class ClientConnection:
     async def _read_loop(self, side: _Side) -> None:
         session = self._session
         assert session is not None
-        reader = StreamReader(self._streams[side])
+        reader = StreamReader(self._streams[side], self._busy_poll)
         while True:
             while not self._closing and not self._may_read(side):
                 await self._wakeup.wait()
             if self._closing:
                 return
             if reader.stream is not self._streams[side]:
-                reader = StreamReader(self._streams[side])  # wrapped in TLS meanwhile
+                reader = StreamReader(self._streams[side], self._busy_poll)  # now TLS
             try:
                 if self._may_switch_to_tls(side):
                     received = await self._interruptible_receive(side, reader)

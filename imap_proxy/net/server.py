@@ -76,6 +76,7 @@ from imap_proxy.net.proxy_protocol import (
     ProxyHeaderRefused,
     ProxyProtocolPolicy,
 )
+from imap_proxy.net.sockio import BusyPoll
 from imap_proxy.net.spares import SpareConnections
 from imap_proxy.net.timers import Timers
 from imap_proxy.net.tls import server_ssl_context
@@ -232,6 +233,9 @@ class _Server:
         self.limiter = ConnectionLimiter(limits.max_connections, limits.max_connections_per_ip)
         # One task keeps every connection's pre-auth and idle deadline.
         self.timers = Timers(on_error=self._timer_failed)
+        # One budget of polling readers for every connection (sockio.py).
+        tuning = config.performance
+        self.busy_poll = BusyPoll.from_microseconds(tuning.busy_poll_us, tuning.busy_pollers)
 
     async def accept_loop(
         self, listener: trio.SocketListener, name: str, connections: trio.Nursery
@@ -276,6 +280,7 @@ class _Server:
             proxied_by=proxied_by,
             rules=self.rules,
             timers=self.timers,
+            busy_poll=self.busy_poll,
         )
         self.handle._add(connection)
         connections.start_soon(self.run_connection, connection)

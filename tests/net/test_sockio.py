@@ -6,6 +6,11 @@ both directions, a write larger than the socket buffers is finished by the strea
 `send_all`, a reader that always finds data still lets other tasks run, a reset peer is a
 `BrokenResourceError` and a socket closed here a `ClosedResourceError`, cancellation
 reaches a reader that waits, and a non-socket stream is used through its own methods.
+Busy polling: a reader whose last wait was short polls (yielding to other tasks) instead
+of sleeping, one whose wait outlasted the window sleeps, a poll that outlasts its window
+falls back to waiting, no more readers poll at once than the budget allows, and a
+cancelled poll gives its place back. (Windows and delays differ by ten times or more, so
+a slow machine changes no outcome.)
 """
 
 from __future__ import annotations
@@ -17,7 +22,13 @@ import pytest
 import trio
 import trio.testing
 
-from imap_proxy.net.sockio import FAIR_STREAK, StreamReader, StreamWriter, raw_socket
+from imap_proxy.net.sockio import (
+    FAIR_STREAK,
+    BusyPoll,
+    StreamReader,
+    StreamWriter,
+    raw_socket,
+)
 
 
 async def _connected_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
@@ -150,3 +161,131 @@ async def test_other_streams_are_used_through_their_own_methods() -> None:
     left, right = trio.testing.memory_stream_pair()
     await StreamWriter(left).send_all(b"hello")
     assert await StreamReader(right).receive_some(100) == b"hello"
+
+
+# --- busy polling -----------------------------------------------------------------------
+
+
+async def _send_after(delay: float, stream: trio.SocketStream, data: bytes) -> None:
+    await trio.sleep(delay)
+    await stream.send_all(data)
+
+
+class _Watch:
+    """Counts scheduler passes while a reader waits, and the most readers seen polling."""
+
+    def __init__(self, poll: BusyPoll) -> None:
+        self.poll = poll
+        self.passes = 0
+        self.most_polling = 0
+
+    async def run(self) -> None:
+        while True:
+            self.passes += 1
+            self.most_polling = max(self.most_polling, self.poll.polling)
+            await trio.lowlevel.checkpoint()
+
+
+async def _read_while_watched(
+    reader: StreamReader, watch: _Watch, send: trio.SocketStream, delay: float
+) -> bytes:
+    """One read, with `b"x"` sent after `delay`; the watch runs alongside."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch.run)
+        nursery.start_soon(_send_after, delay, send, b"x")
+        data = await reader.receive_some(100)
+        nursery.cancel_scope.cancel()
+    return data
+
+
+def test_a_zero_window_means_no_polling() -> None:
+    assert BusyPoll.from_microseconds(0, 2) is None
+    poll = BusyPoll.from_microseconds(500, 2)
+    assert poll is not None and poll.window == pytest.approx(0.0005)
+
+
+async def test_a_reader_whose_last_wait_was_short_polls_instead_of_sleeping() -> None:
+    client, server = await _connected_pair()
+    poll = BusyPoll(window=2.0, max_pollers=2)
+    reader = StreamReader(server, poll)
+    first = _Watch(poll)
+    assert await _read_while_watched(reader, first, client, 0.01) == b"x"
+    assert first.most_polling == 0  # nothing known about its waits yet: it slept
+    second = _Watch(poll)
+    assert await _read_while_watched(reader, second, client, 0.05) == b"x"
+    assert second.most_polling == 1  # the last wait was short: it polled ...
+    assert second.passes > first.passes  # ... a scheduler pass at a time, others running
+    assert poll.polling == 0
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_a_wait_longer_than_the_window_sends_the_reader_to_sleep() -> None:
+    client, server = await _connected_pair()
+    poll = BusyPoll(window=0.005, max_pollers=2)
+    reader = StreamReader(server, poll)
+    assert await _read_while_watched(reader, _Watch(poll), client, 0.2) == b"x"
+    watch = _Watch(poll)
+    assert await _read_while_watched(reader, watch, client, 0.001) == b"x"
+    assert watch.most_polling == 0
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_a_poll_that_outlasts_its_window_falls_back_to_waiting() -> None:
+    client, server = await _connected_pair()
+    poll = BusyPoll(window=0.1, max_pollers=2)
+    reader = StreamReader(server, poll)
+    assert await _read_while_watched(reader, _Watch(poll), client, 0.001) == b"x"  # short
+    timed_out = _Watch(poll)
+    assert await _read_while_watched(reader, timed_out, client, 1.0) == b"x"  # still read
+    assert timed_out.most_polling == 1
+    after = _Watch(poll)
+    assert await _read_while_watched(reader, after, client, 0.001) == b"x"
+    assert after.most_polling == 0  # the long wait sent it to sleep
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_no_more_readers_poll_at_once_than_the_budget_allows() -> None:
+    pairs = [await _connected_pair() for _ in range(3)]
+    poll = BusyPoll(window=2.0, max_pollers=1)
+    readers = [StreamReader(server, poll) for _, server in pairs]
+    watch = _Watch(poll)
+    for reader, (client, _) in zip(readers, pairs, strict=True):  # each learns: waits are short
+        assert await _read_while_watched(reader, _Watch(poll), client, 0.001) == b"x"
+    got: list[bytes] = []
+
+    async def read(reader: StreamReader) -> None:
+        got.append(await reader.receive_some(100))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch.run)
+        for reader in readers:
+            nursery.start_soon(read, reader)
+        await trio.sleep(0.05)
+        for client, _ in pairs:
+            await client.send_all(b"y")
+        while len(got) < len(readers):
+            await trio.sleep(0.001)
+        nursery.cancel_scope.cancel()
+    assert got == [b"y"] * 3
+    assert watch.most_polling == 1
+    for client, server in pairs:
+        await client.aclose()
+        await server.aclose()
+
+
+async def test_a_cancelled_poll_gives_its_place_back() -> None:
+    client, server = await _connected_pair()
+    poll = BusyPoll(window=5.0, max_pollers=1)
+    reader = StreamReader(server, poll)
+    assert await _read_while_watched(reader, _Watch(poll), client, 0.001) == b"x"
+    with trio.move_on_after(0.05) as scope:
+        await reader.receive_some(100)
+    assert scope.cancelled_caught
+    assert poll.polling == 0
+    await client.send_all(b"z")
+    assert await reader.receive_some(100) == b"z"
+    await client.aclose()
+    await server.aclose()
