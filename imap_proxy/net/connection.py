@@ -11,10 +11,11 @@ the configuration (`session_settings()`), then runs its tasks in one nursery:
   `high_water` octets queued (backpressure). Every batch wakes all waiters, because a
   batch from one side is what un-pauses the other. Reads (and the writers' writes) go
   through net/sockio.py, which calls a plain TCP socket directly instead of paying a
-  scheduler pass per call (and, for a read whose last wait was short, polls a moment
-  before sleeping: `performance.busy_poll_us`, shared across the server's connections);
-  a read sits in a cancel scope (which a TLS switch or the
-  closing cancels) only while its stream may still be switched to TLS;
+  scheduler pass per call, and for a read whose last wait was short polls a moment
+  before sleeping (`performance.busy_poll_us`, one budget shared across the server's
+  connections; a client's TLS reads too, through `SocketTransport`). A read sits in a
+  cancel scope (which a TLS switch or the closing cancels) only while its stream may
+  still be switched to TLS;
 * two `QueuedWriter`s, which own the writing to each stream, so sends stay in order per
   destination and never overlap. A reader queues its batch's output without waking them
   and then flushes it itself when it is small (`QueuedWriter.flush`): a command's round
@@ -64,7 +65,7 @@ import trio
 
 from imap_proxy.config import ProxyConfig, UpstreamSecurity
 from imap_proxy.net.limits import DEFAULT_HIGH_WATER, QueuedWriter
-from imap_proxy.net.sockio import BusyPoll, StreamReader
+from imap_proxy.net.sockio import BusyPoll, SocketTransport, StreamReader
 from imap_proxy.net.timers import Timers
 from imap_proxy.net.upstream import Dialer, UpstreamUnavailable, describe_failure
 from imap_proxy.observe.logging import get_logger, user_label
@@ -357,7 +358,8 @@ class ClientConnection:
     async def _implicit_tls_handshake(self) -> bool:
         if self._server_ssl is None:
             raise RuntimeError("an imaps listener needs a server SSL context")
-        tls_stream = trio.SSLStream(self._streams[_Side.CLIENT], self._server_ssl, server_side=True)
+        transport = SocketTransport.under_tls(self._streams[_Side.CLIENT], self._busy_poll)
+        tls_stream = trio.SSLStream(transport, self._server_ssl, server_side=True)
         self._streams[_Side.CLIENT] = tls_stream
         try:
             with trio.fail_after(self._config.timeouts.tls_handshake):
@@ -496,7 +498,8 @@ class ClientConnection:
             return
         if self._server_ssl is None:
             raise RuntimeError("the session started TLS without a server certificate")
-        tls_stream = trio.SSLStream(self._streams[_Side.CLIENT], self._server_ssl, server_side=True)
+        transport = SocketTransport.under_tls(self._streams[_Side.CLIENT], self._busy_poll)
+        tls_stream = trio.SSLStream(transport, self._server_ssl, server_side=True)
         with trio.fail_after(self._config.timeouts.tls_handshake):
             await tls_stream.do_handshake()
         self._switched(_Side.CLIENT, tls_stream)

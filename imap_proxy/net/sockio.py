@@ -29,6 +29,11 @@ once until a wait is short again, so each side wastes at most one window when it
 quiet. At most `busy_pollers` readers poll at a time across the process, which bounds
 the cost to one core while any poll lasts and to nothing once the process is idle.
 
+A TLS stream over a plain socket gets both through `SocketTransport`, the transport the
+proxy hands `trio.SSLStream`: it reads and writes the socket with a `StreamReader` and a
+`StreamWriter`, so the TLS layer's reads (which it makes only when it needs more bytes)
+poll like a plain connection's.
+
 Errors are translated as trio's stream would: `BrokenResourceError` for a connection the
 peer broke, `ClosedResourceError` for a socket closed here. A TLS stream, a PROXY-header
 stream or any other stream is used through its own methods.
@@ -44,6 +49,7 @@ from typing import Final
 import trio
 
 FAIR_STREAK: Final = 4  # reads that found data waiting, in a row, before one yield
+READ_DEFAULT: Final = 64 * 1024  # a transport read given no size
 
 
 def raw_socket(stream: trio.abc.AsyncResource) -> socket.socket | None:
@@ -140,7 +146,7 @@ class StreamWriter:
         self.stream = stream
         self._raw = raw_socket(stream)
 
-    async def send_all(self, data: bytes) -> None:
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         raw = self._raw
         if raw is None:
             await self.stream.send_all(data)
@@ -153,6 +159,36 @@ class StreamWriter:
             raise _translated(raw, exc) from exc
         if sent < len(data):
             await self.stream.send_all(memoryview(data)[sent:])
+
+
+class SocketTransport(trio.abc.HalfCloseableStream):
+    """A plain `trio.SocketStream` read and written through `StreamReader` and
+    `StreamWriter`: the transport under a `trio.SSLStream`, so TLS reads poll too."""
+
+    def __init__(self, stream: trio.SocketStream, busy_poll: BusyPoll | None) -> None:
+        self.transport_stream = stream
+        self._reader = StreamReader(stream, busy_poll)
+        self._writer = StreamWriter(stream)
+
+    @classmethod
+    def under_tls(cls, stream: trio.abc.Stream, busy_poll: BusyPoll | None) -> trio.abc.Stream:
+        """What to wrap in TLS: a plain socket stream through this class, else itself."""
+        return cls(stream, busy_poll) if type(stream) is trio.SocketStream else stream
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await self._reader.receive_some(max_bytes or READ_DEFAULT)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._writer.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport_stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.transport_stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self.transport_stream.aclose()
 
 
 async def _wait_readable(raw: socket.socket) -> None:

@@ -8,23 +8,26 @@ both directions, a write larger than the socket buffers is finished by the strea
 reaches a reader that waits, and a non-socket stream is used through its own methods.
 Busy polling: a reader whose last wait was short polls (yielding to other tasks) instead
 of sleeping, one whose wait outlasted the window sleeps, a poll that outlasts its window
-falls back to waiting, no more readers poll at once than the budget allows, and a
-cancelled poll gives its place back. (Windows and delays differ by ten times or more, so
+falls back to waiting, no more readers poll at once than the budget allows, a
+cancelled poll gives its place back, and TLS over `SocketTransport` polls the same way. (Windows and delays differ by ten times or more, so
 a slow machine changes no outcome.)
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 
 import pytest
 import trio
 import trio.testing
+import trustme
 
 from imap_proxy.net.sockio import (
     FAIR_STREAK,
     BusyPoll,
+    SocketTransport,
     StreamReader,
     StreamWriter,
     raw_socket,
@@ -289,3 +292,42 @@ async def test_a_cancelled_poll_gives_its_place_back() -> None:
     assert await reader.receive_some(100) == b"z"
     await client.aclose()
     await server.aclose()
+
+
+async def test_tls_over_a_socket_transport_relays_in_order_and_polls() -> None:
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    client, server = await _connected_pair()
+    poll = BusyPoll(window=2.0, max_pollers=2)
+    transport = SocketTransport.under_tls(server, poll)
+    assert isinstance(transport, SocketTransport)
+    assert SocketTransport.under_tls(trio.testing.memory_stream_pair()[0], poll) is not transport
+    tls_server = trio.SSLStream(transport, server_ctx, server_side=True)
+    tls_client = trio.SSLStream(client, client_ctx, server_hostname="127.0.0.1")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tls_server.do_handshake)
+        await tls_client.do_handshake()
+    watches = []
+    for number in range(3):
+        watch = _Watch(poll)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch.run)
+            line = b"t%d NOOP\r\n" % number
+            nursery.start_soon(_send_tls_after, tls_client, line)
+            assert await tls_server.receive_some(100) == line
+            await tls_server.send_all(b"t%d OK\r\n" % number)
+            nursery.cancel_scope.cancel()
+        assert await tls_client.receive_some(100) == b"t%d OK\r\n" % number
+        watches.append(watch)
+    # The handshake's waits were short, so every read of the TLS layer's polled.
+    assert [w.most_polling for w in watches] == [1, 1, 1]
+    await tls_client.aclose()
+    await tls_server.aclose()
+
+
+async def _send_tls_after(stream: trio.SSLStream[trio.SocketStream], data: bytes) -> None:
+    await trio.sleep(0.01)
+    await stream.send_all(data)
