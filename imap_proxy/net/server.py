@@ -487,6 +487,8 @@ async def serve(
         server.metrics = handle.metrics = metrics
         server.observer = fan_out(observer, metrics.observe)
         metrics.track_live_connections(lambda: handle.connections)
+        if server.busy_poll is not None:
+            metrics.track_busy_poll(server.busy_poll)
     if config.recorder.enabled:  # wraps chosen sessions; finishes each when it closes
         recorder = Recorder(config.recorder)
         server.session_factory = recorder.session_factory(session_factory)

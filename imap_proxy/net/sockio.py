@@ -63,12 +63,17 @@ def raw_socket(stream: trio.abc.AsyncResource) -> socket.socket | None:
 class BusyPoll:
     """The process's budget for readers that poll instead of sleeping; see the header."""
 
-    __slots__ = ("max_pollers", "polling", "window")
+    __slots__ = ("found", "max_pollers", "polling", "seconds", "timed_out", "window")
 
     def __init__(self, window: float, max_pollers: int) -> None:
         self.window = window  # seconds
         self.max_pollers = max_pollers
         self.polling = 0
+        # What polling cost and bought, for the metrics: polls that found data, polls
+        # whose window passed first, and the seconds spent polling.
+        self.found = 0
+        self.timed_out = 0
+        self.seconds = 0.0
 
     @classmethod
     def from_microseconds(cls, window_us: int, max_pollers: int) -> BusyPoll | None:
@@ -122,19 +127,25 @@ class StreamReader:
     async def _poll(raw: socket.socket, max_bytes: int, poll: BusyPoll) -> bytes | None:
         """`recv` once per scheduler pass until data comes or the window passes (None)."""
         poll.polling += 1
+        started = time.perf_counter()
+        until = started + poll.window
         try:
-            until = time.perf_counter() + poll.window
             while True:
                 await trio.lowlevel.checkpoint()  # every other task runs; cancellation lands
                 try:
-                    return raw.recv(max_bytes)
+                    data = raw.recv(max_bytes)
                 except BlockingIOError:
                     if time.perf_counter() >= until:
+                        poll.timed_out += 1
                         return None
                 except OSError as exc:
                     raise _translated(raw, exc) from exc
+                else:
+                    poll.found += 1
+                    return data
         finally:
             poll.polling -= 1
+            poll.seconds += time.perf_counter() - started
 
 
 class StreamWriter:

@@ -32,6 +32,9 @@ Meanings worth spelling out:
   certificate, dns, reset, closed, failed), counted by `InstrumentedDialer`, which wraps
   the server's dialer; `upstream_connect_duration_seconds` observes successful connects.
 * `upstream_up`: set by the readiness probe (observe/http.py), not by client traffic.
+* `busy_polls_total{outcome}` and `busy_poll_seconds_total`: reads that polled instead
+  of sleeping (`performance.busy_poll_us`), whether the data came in the window, and the
+  time spent polling: the CPU that buys the latency. Absent when polling is off.
 * Emulation outcomes come from observations named `Emulation*` with `kind` and `outcome`
   attributes (matched by name until the emulation events exist), or `record_emulation()`.
 """
@@ -58,6 +61,7 @@ from imap_proxy.net.connection import (
     ConnectionOpened,
     Observer,
 )
+from imap_proxy.net.sockio import BusyPoll
 from imap_proxy.net.upstream import Dialer, UpstreamUnavailable
 from imap_proxy.session import events as ev
 
@@ -247,6 +251,30 @@ class _LiveBytes(Collector):
         yield family
 
 
+class _BusyPolls(Collector):
+    """`imap_proxy_busy_polls_total{outcome}` and `imap_proxy_busy_poll_seconds_total`,
+    read at scrape time from the server's `BusyPoll` (net/sockio.py)."""
+
+    def __init__(self, poll: BusyPoll) -> None:
+        self._poll = poll
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        polls = CounterMetricFamily(
+            PREFIX + "busy_polls",
+            "Reads that polled instead of sleeping: data (the data came within the "
+            "window) or timeout (the read then slept).",
+            labels=["outcome"],
+        )
+        polls.add_metric(["data"], self._poll.found)
+        polls.add_metric(["timeout"], self._poll.timed_out)
+        yield polls
+        yield CounterMetricFamily(
+            PREFIX + "busy_poll_seconds",
+            "Time reads spent polling (CPU the process spent instead of sleeping).",
+            value=self._poll.seconds,
+        )
+
+
 class Metrics:
     """Every metric of one proxy server, in its own registry; `observe` feeds it."""
 
@@ -411,6 +439,10 @@ class Metrics:
     def track_live_connections(self, source: Callable[[], Iterable[LiveStats]]) -> None:
         """Where open connections are read at scrape time (the server's live set)."""
         self._live = source
+
+    def track_busy_poll(self, poll: BusyPoll) -> None:
+        """Export what the server's busy polling found and cost (read at scrape time)."""
+        self.registry.register(_BusyPolls(poll))
 
     def instrument(self, dialer: Dialer) -> InstrumentedDialer:
         return InstrumentedDialer(dialer, self)

@@ -138,6 +138,11 @@ def test_a_session_through_the_proxy_moves_the_counters(
     )
     assert sample(found, "imap_proxy_upstream_connects_total", outcome="ok") == 1
     assert sample(found, "imap_proxy_upstream_connect_duration_seconds_count") == 1
+    # Busy polling is on by default: its counters are exported (how many polls a session
+    # makes depends on how fast this machine answers, so only their presence is asserted).
+    for outcome in ("data", "timeout"):
+        assert ("imap_proxy_busy_polls_total", frozenset({("outcome", outcome)})) in found
+    assert ("imap_proxy_busy_poll_seconds_total", frozenset()) in found
     assert sample(found, "imap_proxy_upstream_up") == 1
     assert user.name.encode() not in scrape
     promtool_check(scrape)

@@ -219,6 +219,7 @@ async def test_a_reader_whose_last_wait_was_short_polls_instead_of_sleeping() ->
     assert second.most_polling == 1  # the last wait was short: it polled ...
     assert second.passes > first.passes  # ... a scheduler pass at a time, others running
     assert poll.polling == 0
+    assert (poll.found, poll.timed_out) == (1, 0)
     await client.aclose()
     await server.aclose()
 
@@ -243,6 +244,8 @@ async def test_a_poll_that_outlasts_its_window_falls_back_to_waiting() -> None:
     timed_out = _Watch(poll)
     assert await _read_while_watched(reader, timed_out, client, 1.0) == b"x"  # still read
     assert timed_out.most_polling == 1
+    assert (poll.found, poll.timed_out) == (0, 1)
+    assert poll.seconds >= 0.1  # the whole window
     after = _Watch(poll)
     assert await _read_while_watched(reader, after, client, 0.001) == b"x"
     assert after.most_polling == 0  # the long wait sent it to sleep

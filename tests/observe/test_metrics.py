@@ -29,6 +29,7 @@ import yaml
 
 from imap_proxy import __version__
 from imap_proxy.net.connection import ConnectionClosed, ConnectionOpened, ConnectionStats
+from imap_proxy.net.sockio import BusyPoll
 from imap_proxy.net.upstream import UpstreamUnavailable
 from imap_proxy.observe.metrics import (
     MAX_IN_FLIGHT_PER_CONNECTION,
@@ -398,6 +399,17 @@ def test_open_connections_bytes_are_read_at_scrape_time(metrics: Metrics) -> Non
     assert value(metrics, "imap_proxy_bytes_total", direction="client_to_upstream") == 10
 
 
+def test_busy_polls_are_read_at_scrape_time(metrics: Metrics) -> None:
+    assert metrics.registry.get_sample_value("imap_proxy_busy_poll_seconds_total") is None
+    poll = BusyPoll(window=0.0005, max_pollers=2)
+    metrics.track_busy_poll(poll)
+    assert value(metrics, "imap_proxy_busy_polls_total", outcome="data") == 0
+    poll.found, poll.timed_out, poll.seconds = 7, 2, 0.25
+    assert value(metrics, "imap_proxy_busy_polls_total", outcome="data") == 7
+    assert value(metrics, "imap_proxy_busy_polls_total", outcome="timeout") == 2
+    assert value(metrics, "imap_proxy_busy_poll_seconds_total") == 0.25
+
+
 # --- upstream connects ---------------------------------------------------------------
 
 
@@ -454,6 +466,7 @@ def populated_metrics() -> Metrics:
     metrics.connection_rejected("imap", "max_connections", limit="max_connections")
     metrics.set_upstream_up(True)
     metrics.upstream_connect("ok", 0.01)
+    metrics.track_busy_poll(BusyPoll(window=0.0005, max_pollers=2))
     return metrics
 
 
