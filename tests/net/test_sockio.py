@@ -18,6 +18,8 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -201,6 +203,20 @@ async def _read_while_watched(
     return data
 
 
+@asynccontextmanager
+async def _polling_reader(
+    window: float, max_pollers: int = 2
+) -> AsyncIterator[tuple[trio.SocketStream, BusyPoll, StreamReader]]:
+    """A connected pair: the client end to send on, and a polling reader of the other."""
+    client, server = await _connected_pair()
+    poll = BusyPoll(window=window, max_pollers=max_pollers)
+    try:
+        yield client, poll, StreamReader(server, poll)
+    finally:
+        await client.aclose()
+        await server.aclose()
+
+
 def test_a_zero_window_means_no_polling() -> None:
     assert BusyPoll.from_microseconds(0, 2) is None
     poll = BusyPoll.from_microseconds(500, 2)
@@ -208,49 +224,40 @@ def test_a_zero_window_means_no_polling() -> None:
 
 
 async def test_a_reader_whose_last_wait_was_short_polls_instead_of_sleeping() -> None:
-    client, server = await _connected_pair()
-    poll = BusyPoll(window=2.0, max_pollers=2)
-    reader = StreamReader(server, poll)
-    first = _Watch(poll)
-    assert await _read_while_watched(reader, first, client, 0.01) == b"x"
-    assert first.most_polling == 0  # nothing known about its waits yet: it slept
-    second = _Watch(poll)
-    assert await _read_while_watched(reader, second, client, 0.05) == b"x"
-    assert second.most_polling == 1  # the last wait was short: it polled ...
-    assert second.passes > first.passes  # ... a scheduler pass at a time, others running
-    assert poll.polling == 0
-    assert (poll.found, poll.timed_out) == (1, 0)
-    await client.aclose()
-    await server.aclose()
+    async with _polling_reader(2.0) as (client, poll, reader):
+        first = _Watch(poll)
+        assert await _read_while_watched(reader, first, client, 0.01) == b"x"
+        assert first.most_polling == 0  # nothing known about its waits yet: it slept
+        second = _Watch(poll)
+        assert await _read_while_watched(reader, second, client, 0.05) == b"x"
+        assert second.most_polling == 1  # the last wait was short: it polled ...
+        assert second.passes > first.passes  # ... a scheduler pass at a time, others running
+        assert poll.polling == 0
+        assert (poll.found, poll.timed_out) == (1, 0)
 
 
 async def test_a_wait_longer_than_the_window_sends_the_reader_to_sleep() -> None:
-    client, server = await _connected_pair()
-    poll = BusyPoll(window=0.005, max_pollers=2)
-    reader = StreamReader(server, poll)
-    assert await _read_while_watched(reader, _Watch(poll), client, 0.2) == b"x"
-    watch = _Watch(poll)
-    assert await _read_while_watched(reader, watch, client, 0.001) == b"x"
-    assert watch.most_polling == 0
-    await client.aclose()
-    await server.aclose()
+    async with _polling_reader(0.05, max_pollers=1) as (client, poll, reader):
+        assert await _read_while_watched(reader, _Watch(poll), client, 0.001) == b"x"  # short
+        poll.polling = 1  # the budget is taken: the next read sleeps, and its wait is timed
+        assert await _read_while_watched(reader, _Watch(poll), client, 0.5) == b"x"
+        poll.polling = 0
+        watch = _Watch(poll)
+        assert await _read_while_watched(reader, watch, client, 0.001) == b"x"
+        assert watch.most_polling == 0  # the long wait sent it to sleep
 
 
 async def test_a_poll_that_outlasts_its_window_falls_back_to_waiting() -> None:
-    client, server = await _connected_pair()
-    poll = BusyPoll(window=0.1, max_pollers=2)
-    reader = StreamReader(server, poll)
-    assert await _read_while_watched(reader, _Watch(poll), client, 0.001) == b"x"  # short
-    timed_out = _Watch(poll)
-    assert await _read_while_watched(reader, timed_out, client, 1.0) == b"x"  # still read
-    assert timed_out.most_polling == 1
-    assert (poll.found, poll.timed_out) == (0, 1)
-    assert poll.seconds >= 0.1  # the whole window
-    after = _Watch(poll)
-    assert await _read_while_watched(reader, after, client, 0.001) == b"x"
-    assert after.most_polling == 0  # the long wait sent it to sleep
-    await client.aclose()
-    await server.aclose()
+    async with _polling_reader(0.1) as (client, poll, reader):
+        assert await _read_while_watched(reader, _Watch(poll), client, 0.001) == b"x"  # short
+        timed_out = _Watch(poll)
+        assert await _read_while_watched(reader, timed_out, client, 1.0) == b"x"  # still read
+        assert timed_out.most_polling == 1
+        assert (poll.found, poll.timed_out) == (0, 1)
+        assert poll.seconds >= 0.1  # the whole window
+        after = _Watch(poll)
+        assert await _read_while_watched(reader, after, client, 0.001) == b"x"
+        assert after.most_polling == 0  # the long wait sent it to sleep
 
 
 async def test_no_more_readers_poll_at_once_than_the_budget_allows() -> None:
@@ -283,18 +290,14 @@ async def test_no_more_readers_poll_at_once_than_the_budget_allows() -> None:
 
 
 async def test_a_cancelled_poll_gives_its_place_back() -> None:
-    client, server = await _connected_pair()
-    poll = BusyPoll(window=5.0, max_pollers=1)
-    reader = StreamReader(server, poll)
-    assert await _read_while_watched(reader, _Watch(poll), client, 0.001) == b"x"
-    with trio.move_on_after(0.05) as scope:
-        await reader.receive_some(100)
-    assert scope.cancelled_caught
-    assert poll.polling == 0
-    await client.send_all(b"z")
-    assert await reader.receive_some(100) == b"z"
-    await client.aclose()
-    await server.aclose()
+    async with _polling_reader(5.0, max_pollers=1) as (client, poll, reader):
+        assert await _read_while_watched(reader, _Watch(poll), client, 0.001) == b"x"
+        with trio.move_on_after(0.05) as scope:
+            await reader.receive_some(100)
+        assert scope.cancelled_caught
+        assert poll.polling == 0
+        await client.send_all(b"z")
+        assert await reader.receive_some(100) == b"z"
 
 
 async def test_tls_over_a_socket_transport_relays_in_order_and_polls() -> None:
