@@ -106,13 +106,14 @@ class StreamReader:
                 if poll is None:
                     await _wait_readable(raw)
                     continue
+                started = time.perf_counter()
                 if self._quick and poll.polling < poll.max_pollers:
                     polled = await self._poll(raw, max_bytes, poll)
                     if polled is not None:
                         return polled
-                    self._quick = False  # the window passed: sleep until a wait is short
-                started = time.perf_counter()
                 await _wait_readable(raw)
+                # The whole wait, a poll included: when the window passed, this side
+                # sleeps at once next time, until a wait is short again.
                 self._quick = time.perf_counter() - started < poll.window
                 continue
             except OSError as exc:
