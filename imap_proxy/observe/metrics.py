@@ -253,25 +253,28 @@ class _LiveBytes(Collector):
 
 class _BusyPolls(Collector):
     """`imap_proxy_busy_polls_total{outcome}` and `imap_proxy_busy_poll_seconds_total`,
-    read at scrape time from the server's `BusyPoll` (net/sockio.py)."""
+    read at scrape time from the server's `BusyPoll` (net/sockio.py); none without one."""
 
-    def __init__(self, poll: BusyPoll) -> None:
-        self._poll = poll
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
 
     def collect(self) -> Iterator[CounterMetricFamily]:
+        poll = self._metrics.busy_poll
+        if poll is None:
+            return
         polls = CounterMetricFamily(
             PREFIX + "busy_polls",
             "Reads that polled instead of sleeping: data (the data came within the "
             "window) or timeout (the read then slept).",
             labels=["outcome"],
         )
-        polls.add_metric(["data"], self._poll.found)
-        polls.add_metric(["timeout"], self._poll.timed_out)
+        polls.add_metric(["data"], poll.found)
+        polls.add_metric(["timeout"], poll.timed_out)
         yield polls
         yield CounterMetricFamily(
             PREFIX + "busy_poll_seconds",
             "Time reads spent polling (CPU the process spent instead of sleeping).",
-            value=self._poll.seconds,
+            value=poll.seconds,
         )
 
 
@@ -290,6 +293,7 @@ class Metrics:
         self._connections: dict[str | None, _ConnectionState] = {}
         self._closed_bytes = dict.fromkeys(DIRECTIONS, 0)
         self._live: Callable[[], Iterable[LiveStats]] | None = None
+        self.busy_poll: BusyPoll | None = None  # the server's, once `track_busy_poll`
         # Children by metric and label values (`_child`): `labels()` validates and locks
         # on every call, some 5 us, twice a command. Label values are bounded, so is this.
         self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
@@ -310,6 +314,7 @@ class Metrics:
         for outcome in ("ok", "failed"):
             self.rule_reloads.labels(outcome=outcome)
         self.registry.register(_LiveBytes(self))
+        self.registry.register(_BusyPolls(self))
 
     def _make_metrics(self) -> None:
         def counter(name: str, text: str, labels: tuple[str, ...] = ()) -> Counter:
@@ -442,7 +447,7 @@ class Metrics:
 
     def track_busy_poll(self, poll: BusyPoll) -> None:
         """Export what the server's busy polling found and cost (read at scrape time)."""
-        self.registry.register(_BusyPolls(poll))
+        self.busy_poll = poll
 
     def instrument(self, dialer: Dialer) -> InstrumentedDialer:
         return InstrumentedDialer(dialer, self)

@@ -408,6 +408,11 @@ def test_busy_polls_are_read_at_scrape_time(metrics: Metrics) -> None:
     assert value(metrics, "imap_proxy_busy_polls_total", outcome="data") == 7
     assert value(metrics, "imap_proxy_busy_polls_total", outcome="timeout") == 2
     assert value(metrics, "imap_proxy_busy_poll_seconds_total") == 0.25
+    # A second server on the same Metrics replaces the source: one series, not two.
+    metrics.track_busy_poll(BusyPoll(window=0.0005, max_pollers=2))
+    assert value(metrics, "imap_proxy_busy_polls_total", outcome="data") == 0
+    exposition = metrics.exposition().decode()
+    assert exposition.count('imap_proxy_busy_polls_total{outcome="data"}') == 1
 
 
 # --- upstream connects ---------------------------------------------------------------
